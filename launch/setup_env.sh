@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Creates .venv (once) and installs mm1_jax with the extras named in $1 (e.g. "test").
+# Sourced by demo.sh and test.sh so that each is one command on a fresh machine.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${MM1_VENV:-$root/.venv}"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+fi
+extras="${1:-}"
+spec="$root"
+[ -n "$extras" ] && spec="$root[$extras]"
+# torch==2.13.0 is installed from the CPU wheel on these machines; pin it first so that
+# transformers does not pull a CUDA build.
+if [[ "$extras" == *test* ]]; then
+  "$venv/bin/python" -m pip install -q "torch==2.13.0"
+fi
+"$venv/bin/python" -m pip install -q -e "$spec"
+export PATH="$venv/bin:$PATH"

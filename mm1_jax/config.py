@@ -1,0 +1,243 @@
+"""The typed base config every experiment overrides, and its validation.
+
+An experiment file in `experiments/` defines `get_config()` that starts from `base_config()` and
+changes only what differs. `ml_collections.ConfigDict` keeps field types: assigning a string to an
+int field fails at the flag, not deep inside a jitted function. `validate()` checks the relations
+between fields (heads dividing width, square token counts, ...) and names the offending key.
+
+Sources: MM1 = arXiv 2403.09611 (sections 3-5); CLIP = Radford et al. 2021; Honeybee = Cha et al.
+2023 (C-Abstractor); GShard = Lepikhin et al. 2020; ST-MoE = Zoph et al. 2022 (router z-loss).
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+from ml_collections import config_dict
+
+CONNECTORS = ("c_abstractor", "avg_pool", "attn_pool")
+VISION_ACTS = ("quick_gelu", "gelu")
+MOE_MODES = ("capacity", "dropless")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attn_out")
+DTYPES = ("float32", "bfloat16", "float16")
+MESH_AXES = ("data", "fsdp", "tensor", "expert")
+DATA_KINDS = ("interleaved", "caption", "text")
+
+
+class ConfigError(ValueError):
+    """A config that cannot describe a valid model or run; the message names the key."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults: the MM1 ablation setup (ViT-L/14-336, C-Abstractor 144, 1.2B-class decoder)."""
+    c = ml_collections.ConfigDict()
+    c.name = "base"
+    c.seed = 0
+
+    # ---------------------------------------------------------------- model
+    c.model = ml_collections.ConfigDict()
+    c.model.dtype = "bfloat16"  # compute dtype (SPEC: bf16 compute, float32 master weights)
+    c.model.param_dtype = "float32"
+    c.model.remat = "full"  # one of REMAT_POLICIES; applied to every scanned block
+    c.model.scan_layers = True
+
+    v = c.model.vision = ml_collections.ConfigDict()
+    v.image_size = 336  # MM1 ablations: ViT-L/14 at 336 (section 3.2)
+    v.patch_size = 14
+    v.width = 1024
+    v.depth = 24
+    v.heads = 16
+    v.mlp_dim = 4096
+    v.act = "quick_gelu"  # CLIP's activation; "gelu" for SigLIP/DFN-style checkpoints
+    v.norm_eps = 1e-5
+    # Which block's output feeds the connector: -1 = last, -2 = penultimate (LLaVA's choice).
+    v.feature_layer = -1
+    # Image normalisation (CLIP defaults), used by the data pipeline.
+    v.mean = (0.48145466, 0.4578275, 0.40821073)
+    v.std = (0.26862954, 0.26130258, 0.27577711)
+
+    k = c.model.connector = ml_collections.ConfigDict()
+    k.kind = "c_abstractor"  # one of CONNECTORS (MM1 section 3.2, Fig. 4)
+    k.num_tokens = 144  # image tokens per image; a square for c_abstractor / avg_pool
+    k.hidden = 1024  # C-Abstractor hidden width (Honeybee default)
+    k.depth = 3  # RegNet blocks per stage (Honeybee "depth")
+    k.mlp_depth = 2  # readout: Linear, SiLU, Linear
+    k.se_ratio = 0.25  # squeeze-excite reduction of the RegNet bottleneck
+    k.attn_heads = 8  # attn_pool only
+
+    d = c.model.decoder = ml_collections.ConfigDict()
+    d.vocab_size = 32_000
+    d.width = 2048
+    d.depth = 24
+    d.heads = 16
+    d.kv_heads = 16  # < heads for grouped-query attention
+    d.head_dim = 128
+    d.mlp_dim = 5632  # SwiGLU hidden size
+    d.rope_theta = 10_000.0
+    d.norm_eps = 1e-5
+    d.tie_embeddings = False
+    d.max_seq_len = 4096  # only for FLOP accounting / sanity checks; RoPE has no table
+
+    m = c.model.moe = ml_collections.ConfigDict()
+    m.num_experts = 0  # 0 = dense decoder
+    m.every = 2  # a sparse FFN replaces every `every`-th dense FFN (3B-MoE: 2, 7B-MoE: 4)
+    m.top_k = 2  # GShard top-2
+    m.expert_mlp_dim = config_dict.placeholder(int)  # defaults to decoder.mlp_dim
+    m.capacity_factor = 1.25  # training capacity factor (GShard)
+    m.eval_capacity_factor = 2.0
+    m.mode = "capacity"  # "capacity" (dispatch/combine, drops over capacity) or "dropless"
+    m.load_balance_coef = 0.01  # MM1 section 5
+    m.z_loss_coef = 0.001  # MM1 section 5 (ST-MoE router z-loss)
+    m.group_size = 4096  # tokens per routing group for the capacity path
+
+    # Special token ids the model needs; filled from the tokenizer at start-up
+    # (mm1_jax.data.tokenizer registers them), kept here so jitted code sees constants.
+    c.model.image_token_id = 3
+
+    # ---------------------------------------------------------------- data
+    c.data = ml_collections.ConfigDict()
+    c.data.dir = config_dict.placeholder(str)  # ArrayRecord shards: <dir>/<kind>/*.array_record
+    c.data.tokenizer = config_dict.placeholder(str)  # sentencepiece .model
+    c.data.max_images = 16  # per packed sequence (MM1 section 5)
+    c.data.mixture = ml_collections.ConfigDict(
+        {"interleaved": 0.45, "caption": 0.45, "text": 0.10}
+    )  # MM1 section 5 final mix
+    c.data.shuffle_seed = 0
+    c.data.worker_count = 0  # grain worker processes; 0 = in-process
+    c.data.prefetch = 2  # batches prefetched ahead of the step
+
+    # ---------------------------------------------------------------- training
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 200_000  # MM1 section 5
+    c.train.batch_size = 512  # global, in sequences
+    c.train.seq_len = 4096
+    c.train.grad_accum = 1
+    c.train.log_every = 10
+    c.train.max_bad_steps = 10  # consecutive non-finite steps before the run stops
+
+    o = c.optim = ml_collections.ConfigDict()
+    o.lr = config_dict.placeholder(float)  # None: eta(N) from MM1 eq. (1)
+    o.weight_decay_ratio = 0.1  # lambda = 0.1 * eta (MM1 section 3)
+    o.warmup_steps = 2000
+    o.end_lr_ratio = 0.1  # cosine decays to this fraction of the peak
+    o.b1 = 0.9
+    o.b2 = 0.95
+    o.eps = 1e-8
+    o.clip_norm = 1.0
+    # Per-group learning-rate multipliers: ((regex over "/"-joined parameter path, mult), ...).
+    # A multiplier of 0 freezes the group (no update, no optimizer state moment drift).
+    o.lr_mult = ()
+    o.freeze = ()  # regexes of frozen parameter paths
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every = 1000
+    c.checkpoint.keep = 3  # keep the newest N ...
+    c.checkpoint.keep_period = 0  # ... and every M-th step forever (0 = off)
+    c.checkpoint.async_save = True
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.shape = (-1, 1, 1, 1)  # sizes of MESH_AXES; one -1 is inferred from the device count
+    return c
+
+
+# ------------------------------------------------------------------------- derived quantities
+
+
+def peak_lr(non_embedding_params: float) -> float:
+    """MM1 eq. (1): eta = exp(-0.4214 ln N - 0.5535), N = non-embedding parameters."""
+    return math.exp(-0.4214 * math.log(non_embedding_params) - 0.5535)
+
+
+def vision_grid(cfg: ml_collections.ConfigDict) -> int:
+    """Patches per side of the vision encoder's grid."""
+    return cfg.model.vision.image_size // cfg.model.vision.patch_size
+
+
+def moe_layer_ids(cfg: ml_collections.ConfigDict) -> list[int]:
+    """0-based decoder layers whose FFN is sparse: the last layer of every `every`-block."""
+    m = cfg.model.moe
+    if not m.num_experts:
+        return []
+    return [i for i in range(cfg.model.decoder.depth) if (i + 1) % m.every == 0]
+
+
+def expert_mlp_dim(cfg: ml_collections.ConfigDict) -> int:
+    m = cfg.model.moe
+    return m.expert_mlp_dim if m.expert_mlp_dim is not None else cfg.model.decoder.mlp_dim
+
+
+# ------------------------------------------------------------------------- validation
+
+
+def _require(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"config.{key}: {msg}")
+
+
+def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Checks relations between fields; raises ConfigError naming the key and the fix."""
+    v, k, d, m = cfg.model.vision, cfg.model.connector, cfg.model.decoder, cfg.model.moe
+    for key in ("dtype", "param_dtype"):
+        _require(cfg.model[key] in DTYPES, f"model.{key}", f"{cfg.model[key]!r} is not one of {DTYPES}")
+    _require(cfg.model.remat in REMAT_POLICIES, "model.remat",
+             f"{cfg.model.remat!r} is not one of {REMAT_POLICIES}")
+
+    _require(v.image_size % v.patch_size == 0, "model.vision.image_size",
+             f"{v.image_size} is not a multiple of patch_size {v.patch_size}")
+    _require(v.width % v.heads == 0, "model.vision.heads",
+             f"{v.heads} heads do not divide width {v.width}")
+    _require(v.act in VISION_ACTS, "model.vision.act", f"{v.act!r} is not one of {VISION_ACTS}")
+    _require(1 <= abs(v.feature_layer) <= v.depth, "model.vision.feature_layer",
+             f"{v.feature_layer} is outside 1..{v.depth} (or -1..-{v.depth} counting from the end)")
+    _require(len(v.mean) == 3 and len(v.std) == 3, "model.vision.mean/std", "need 3 channels each")
+
+    _require(k.kind in CONNECTORS, "model.connector.kind",
+             f"unknown connector {k.kind!r}; choose one of {CONNECTORS}")
+    _require(k.num_tokens > 0, "model.connector.num_tokens", "must be positive")
+    if k.kind in ("c_abstractor", "avg_pool"):
+        side = math.isqrt(k.num_tokens)
+        _require(side * side == k.num_tokens, "model.connector.num_tokens",
+                 f"{k.kind} pools to a square grid, but {k.num_tokens} is not a square "
+                 f"(use 64 or 144)")
+        _require(side <= vision_grid(cfg), "model.connector.num_tokens",
+                 f"{side}x{side} output is larger than the {vision_grid(cfg)}-patch grid")
+    if k.kind == "attn_pool":
+        _require(k.hidden % k.attn_heads == 0, "model.connector.attn_heads",
+                 f"{k.attn_heads} heads do not divide hidden {k.hidden}")
+
+    _require(d.heads % d.kv_heads == 0, "model.decoder.kv_heads",
+             f"{d.kv_heads} kv heads do not divide {d.heads} query heads")
+    _require(d.head_dim % 2 == 0, "model.decoder.head_dim", "RoPE needs an even head_dim")
+    _require(d.vocab_size > cfg.model.image_token_id >= 0, "model.image_token_id",
+             f"{cfg.model.image_token_id} is outside the vocabulary of {d.vocab_size}")
+
+    if m.num_experts:
+        _require(m.num_experts >= m.top_k, "model.moe.num_experts",
+                 f"{m.num_experts} experts cannot serve top-{m.top_k} routing")
+        _require(m.every >= 1 and d.depth % m.every == 0, "model.moe.every",
+                 f"MoE period {m.every} does not divide decoder depth {d.depth}")
+        _require(m.mode in MOE_MODES, "model.moe.mode", f"{m.mode!r} is not one of {MOE_MODES}")
+        _require(m.capacity_factor > 0, "model.moe.capacity_factor", "must be positive")
+
+    mix = cfg.data.mixture
+    _require(set(mix.keys()) <= set(DATA_KINDS), "data.mixture",
+             f"unknown kinds {sorted(set(mix.keys()) - set(DATA_KINDS))}; use {DATA_KINDS}")
+    _require(all(w >= 0 for w in mix.values()) and sum(mix.values()) > 0, "data.mixture",
+             "weights must be non-negative with a positive sum")
+    _require(cfg.data.max_images >= 0, "data.max_images", "must be >= 0")
+    _require(cfg.train.seq_len > 0 and cfg.train.batch_size > 0, "train",
+             "seq_len and batch_size must be positive")
+    _require(cfg.data.max_images * k.num_tokens < cfg.train.seq_len or cfg.data.max_images == 0,
+             "data.max_images", f"{cfg.data.max_images} images x {k.num_tokens} tokens do not fit "
+             f"in train.seq_len={cfg.train.seq_len}")
+    _require(cfg.train.grad_accum >= 1 and cfg.train.batch_size % cfg.train.grad_accum == 0,
+             "train.grad_accum",
+             f"{cfg.train.grad_accum} does not divide batch_size {cfg.train.batch_size}")
+
+    shape = tuple(cfg.mesh.shape)
+    _require(len(shape) == len(MESH_AXES), "mesh.shape",
+             f"{shape} must give one size per axis {MESH_AXES}")
+    _require(sum(s == -1 for s in shape) <= 1 and all(s == -1 or s >= 1 for s in shape),
+             "mesh.shape", f"{shape}: sizes must be >= 1 with at most one -1")
+    return cfg

@@ -1,0 +1,34 @@
+"""mm1_jax: MM1-style multimodal LLM pre-training in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="mm1_jax",
+    version="0.1.0",
+    description="MM1-style multimodal LLM pre-training in JAX/Flax (ViT + C-Abstractor + dense/MoE decoder).",
+    packages=find_packages(include=["mm1_jax", "mm1_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.11",
+        "optax",
+        "orbax-checkpoint",
+        "grain",
+        "array-record",
+        "tensorstore",
+        "sentencepiece",
+        "ml-collections",
+        "absl-py",
+        "pillow",
+        "numpy",
+        "pyarrow",  # parquet input for the converters (OBELICS-style, text corpora)
+        "scikit-learn",  # ships the digits images the embedded demo corpus is built from
+        "tensorboard",  # TensorBoard event files for metrics
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers"],
+        "tpu": ["libtpu"],
+        "seqio": ["seqio"],
+    },
+)
