@@ -1,0 +1,103 @@
+"""Building blocks shared by the encoder, connector and decoder.
+
+Every parameter is created with logical axis names (see `mm1_jax/sharding.py`); parameters are
+stored in `param_dtype` (float32) and cast to the compute dtype (bf16 on accelerators) where used.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+Names = Sequence[str | None]
+
+_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_attn_out": jax.checkpoint_policies.save_only_these_names("attn_out"),
+}
+
+
+def dtypes(cfg: ml_collections.ConfigDict) -> tuple[jnp.dtype, jnp.dtype]:
+    """(compute dtype, parameter dtype) from `cfg.model`."""
+    return jnp.dtype(cfg.model.dtype), jnp.dtype(cfg.model.param_dtype)
+
+
+def remat(fn, policy: str):
+    """Wraps a block's forward in `nnx.remat` with the named policy ('none' leaves it alone)."""
+    if policy == "none":
+        return fn
+    return nnx.remat(fn, policy=_POLICIES[policy], prevent_cse=False)
+
+
+def param(rngs: nnx.Rngs, init, shape: Sequence[int], names: Names, dtype) -> nnx.Param:
+    """A parameter initialised with `init(key, shape, dtype)` and tagged with logical names."""
+    assert len(names) == len(shape), (names, shape)
+    return nnx.Param(init(rngs.params(), tuple(shape), dtype), sharding_names=tuple(names))
+
+
+class Linear(nnx.Module):
+    """y = x @ W (+ b) over the last axis; W: [in, out] with logical names `names`."""
+
+    def __init__(self, d_in: int, d_out: int, names: Names, *, bias: bool, dtype, param_dtype,
+                 rngs: nnx.Rngs, init=None):
+        init = init or nnx.initializers.lecun_normal()
+        self.dtype = dtype
+        self.kernel = param(rngs, init, (d_in, d_out), names, param_dtype)
+        self.bias = (param(rngs, nnx.initializers.zeros, (d_out,), names[-1:], param_dtype)
+                     if bias else None)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm over the last axis, computed in float32 (CLIP / Honeybee LayerNorm2d)."""
+
+    def __init__(self, dim: int, *, eps: float, param_dtype, rngs: nnx.Rngs, name: str | None = "embed"):
+        del rngs
+        self.eps = eps
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), sharding_names=(name,))
+        self.bias = nnx.Param(jnp.zeros((dim,), param_dtype), sharding_names=(name,))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        mean = xf.mean(-1, keepdims=True)
+        var = jnp.square(xf - mean).mean(-1, keepdims=True)
+        y = (xf - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * self.scale[...] + self.bias[...]).astype(x.dtype)
+
+
+class RMSNorm(nnx.Module):
+    """Llama RMSNorm: x / rms(x) * w, computed in float32."""
+
+    def __init__(self, dim: int, *, eps: float, param_dtype, rngs: nnx.Rngs, name: str | None = "embed"):
+        del rngs
+        self.eps = eps
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), sharding_names=(name,))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        y = xf * jax.lax.rsqrt(jnp.square(xf).mean(-1, keepdims=True) + self.eps)
+        return (y * self.scale[...]).astype(x.dtype)
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+    """CLIP's activation: x * sigmoid(1.702 x)."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact (erf) GELU, as torch.nn.GELU() and HF 'gelu'."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": gelu, "silu": jax.nn.silu}
