@@ -23,3 +23,33 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("layers", None),
     ("conv", None),
 )
+
+
+def logical_to_mesh(names, rules=LOGICAL_RULES, mesh_axes=None):
+    """PartitionSpec for logical `names`; mesh axes absent from `mesh_axes` are dropped."""
+    from jax.sharding import PartitionSpec
+
+    table = dict(rules)
+    out = []
+    for name in names:
+        axes = table.get(name) if name is not None else None
+        if isinstance(axes, str):
+            axes = (axes,)
+        if axes and mesh_axes is not None:
+            axes = tuple(a for a in axes if a in mesh_axes)
+        out.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
+    return PartitionSpec(*out)
+
+
+def constrain(x, names):
+    """with_sharding_constraint by logical names; a no-op outside a mesh context.
+
+    Models call this on activations at layer boundaries (e.g. the MoE dispatch tensor) so the
+    compiler keeps the intended layout; on one device (tests, inspect) nothing happens.
+    """
+    import jax
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_mesh(names, mesh_axes=mesh.axis_names))
