@@ -26,17 +26,22 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 
 
 def logical_to_mesh(names, rules=LOGICAL_RULES, mesh_axes=None):
-    """PartitionSpec for logical `names`; mesh axes absent from `mesh_axes` are dropped."""
+    """PartitionSpec for logical `names`.
+
+    Mesh axes absent from `mesh_axes` are dropped, and so is a mesh axis an earlier dimension
+    already uses (an activation [batch, seq, embed] shards batch over fsdp, so embed stays whole).
+    """
     from jax.sharding import PartitionSpec
 
     table = dict(rules)
-    out = []
+    out, used = [], set()
     for name in names:
         axes = table.get(name) if name is not None else None
         if isinstance(axes, str):
             axes = (axes,)
-        if axes and mesh_axes is not None:
-            axes = tuple(a for a in axes if a in mesh_axes)
+        axes = tuple(a for a in (axes or ()) if a not in used
+                     and (mesh_axes is None or a in mesh_axes))
+        used.update(axes)
         out.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
     return PartitionSpec(*out)
 
