@@ -49,7 +49,7 @@ def logical_to_mesh(names, rules=LOGICAL_RULES, mesh_axes=None):
 def constrain(x, names):
     """with_sharding_constraint by logical names; a no-op outside a mesh context.
 
-    Models call this on activations at layer boundaries (e.g. the MoE dispatch tensor) so the
+    Meshes are built with AxisType.Auto (mm1_jax.train); models call this on activations at layer boundaries (e.g. the MoE dispatch tensor) so the
     compiler keeps the intended layout; on one device (tests, inspect) nothing happens.
     """
     import jax
