@@ -40,7 +40,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "bfloat16"  # compute dtype (SPEC: bf16 compute, float32 master weights)
     c.model.param_dtype = "float32"
     c.model.remat = "full"  # one of REMAT_POLICIES; applied to every scanned block
-    c.model.scan_layers = True
 
     v = c.model.vision = ml_collections.ConfigDict()
     v.image_size = 336  # MM1 ablations: ViT-L/14 at 336 (section 3.2)
@@ -242,3 +241,18 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(sum(s == -1 for s in shape) <= 1 and all(s == -1 or s >= 1 for s in shape),
              "mesh.shape", f"{shape}: sizes must be >= 1 with at most one -1")
     return cfg
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+    """Loads `experiments/x.py[:arg]` (its `get_config()`), as `--config=` does, and validates it."""
+    import importlib.util
+    import os
+
+    file, _, arg = path.partition(":")
+    if not os.path.exists(file):
+        raise FileNotFoundError(f"config file {file!r} does not exist")
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(file))[0], file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_config(arg) if arg else module.get_config()
+    return validate(cfg)

@@ -1,0 +1,96 @@
+"""The MM1 model: image encoder -> connector -> decoder, with images written into placeholders.
+
+A packed row holds text tokens and, for each image, `num_tokens` placeholder tokens
+(`cfg.model.image_token_id`). The k-th image of a row (`images[b, k]`, valid where
+`image_mask[b, k]`) fills the k-th run of placeholders. Everything keeps fixed shapes, so one
+compiled step serves every batch: all `N_img` slots are encoded, and placeholder j of a row
+gathers image-token j of that row's flattened [N_img * T, D] image embeddings.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from mm1_jax.models.connector import build_connector
+from mm1_jax.models.decoder import Decoder
+from mm1_jax.models.vision import VisionEncoder
+
+
+class PlaceholderMismatchError(ValueError):
+    """A row's image placeholders do not match its images; raised instead of misaligning them."""
+
+
+def placeholder_mismatch(tokens, image_mask, image_token_id: int, tokens_per_image: int):
+    """Per-row count of placeholders minus `image_mask.sum() * tokens_per_image` ([b] int32)."""
+    n_placeholders = (tokens == image_token_id).sum(-1)
+    return (n_placeholders - image_mask.sum(-1) * tokens_per_image).astype(jnp.int32)
+
+
+def merge_image_embeddings(text_embeds, tokens, image_embeds, image_token_id: int):
+    """Writes image embeddings into placeholder positions.
+
+    text_embeds: [b, s, d]; tokens: [b, s]; image_embeds: [b, n_img, t, d] -> [b, s, d].
+    """
+    b, n, t, d = image_embeds.shape
+    is_img = tokens == image_token_id
+    slot = jnp.clip(jnp.cumsum(is_img, axis=-1) - 1, 0, n * t - 1)  # j-th placeholder -> token j
+    gathered = jnp.take_along_axis(image_embeds.reshape(b, n * t, d), slot[..., None], axis=1)
+    return jnp.where(is_img[..., None], gathered.astype(text_embeds.dtype), text_embeds)
+
+
+class MM1Model(nnx.Module):
+    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        self.image_token_id = cfg.model.image_token_id
+        self.tokens_per_image = cfg.model.connector.num_tokens
+        self.vision = VisionEncoder(cfg, rngs=rngs)
+        self.connector = build_connector(cfg, rngs=rngs)
+        self.decoder = Decoder(cfg, rngs=rngs)
+        m = cfg.model.moe
+        self.moe_coefs = (m.load_balance_coef, m.z_loss_coef) if m.num_experts else None
+
+    def encode_images(self, images: jax.Array) -> jax.Array:
+        """images: [b, n_img, H, W, 3] -> image token embeddings [b, n_img, T, D]."""
+        b, n = images.shape[:2]
+        patches = self.vision(images.reshape(b * n, *images.shape[2:]))
+        tokens = self.connector(patches)
+        return tokens.reshape(b, n, *tokens.shape[1:])
+
+    def __call__(self, batch: dict, train: bool = True):
+        """batch: tokens/positions/segment_ids [b, s], images [b, n_img, H, W, 3], image_mask [b, n_img].
+
+        Returns (logits [b, s, V], aux); see mm1_jax.train for how aux enters the loss.
+        """
+        tokens, image_mask = batch["tokens"], batch["image_mask"]
+        mismatch = placeholder_mismatch(tokens, image_mask, self.image_token_id, self.tokens_per_image)
+        if not isinstance(mismatch, jax.core.Tracer) and np.any(np.asarray(mismatch)):
+            rows = np.flatnonzero(np.asarray(mismatch)).tolist()
+            raise PlaceholderMismatchError(
+                f"rows {rows} have image placeholder counts that differ from "
+                f"image_mask.sum() x {self.tokens_per_image} by {np.asarray(mismatch)[rows].tolist()}; "
+                "each valid image needs exactly connector.num_tokens placeholders")
+
+        x = self.decoder.embed_tokens(tokens)
+        images = batch.get("images")
+        if images is not None and images.shape[1] > 0:
+            x = merge_image_embeddings(x, tokens, self.encode_images(images), self.image_token_id)
+        logits, stats = self.decoder(x, batch["positions"], batch["segment_ids"], train=train)
+
+        aux = {"data/placeholder_mismatch": (mismatch != 0).sum().astype(jnp.int32)}
+        if self.moe_coefs is None:
+            aux.update({"moe/aux_loss": jnp.zeros((), jnp.float32)})
+        else:
+            # stats: one entry per period (= per MoE layer), stacked by the scan. Aux losses are
+            # AVERAGED over MoE layers, so a coefficient means the same at any depth.
+            lb, z = stats["load_balance_loss"].mean(), stats["z_loss"].mean()
+            aux.update({
+                "moe/load_balance_loss": lb,
+                "moe/z_loss": z,
+                "moe/aux_loss": self.moe_coefs[0] * lb + self.moe_coefs[1] * z,
+                "moe/expert_load": stats["expert_load"],
+                "moe/dropped_fraction": stats["dropped_fraction"],
+            })
+        return logits, aux

@@ -1,0 +1,110 @@
+"""CLIP ViT image encoder (MM1 section 3.2: ViT-L/14-336 for ablations, ViT-H/14-378 final).
+
+Layout follows OpenAI CLIP / HF CLIPVisionModel so their checkpoints load (mm1_jax/convert/clip.py):
+patch conv without bias, CLS concatenated *before* the position embedding is added, `ln_pre`,
+pre-LN blocks with biased q/k/v/o and a QuickGELU (or GELU) MLP. The connector reads the output
+of block `feature_layer` (no final LayerNorm, as LLaVA/MM1 use hidden states, not the pooled CLS).
+
+Legend: b images, p patches (+1 CLS), d width, h heads, k head dim.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from mm1_jax.config import vision_grid
+from mm1_jax.models import layers
+
+
+def num_blocks_used(cfg: ml_collections.ConfigDict) -> int:
+    """Blocks up to and including the feature layer; later blocks would be dead weight."""
+    v = cfg.model.vision
+    return v.feature_layer if v.feature_layer > 0 else v.depth + 1 + v.feature_layer
+
+
+class VisionBlock(nnx.Module):
+    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        v = cfg.model.vision
+        dt, pdt = layers.dtypes(cfg)
+        self.heads = v.heads
+        self.act = layers.ACTIVATIONS[v.act]
+        lin = dict(bias=True, dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.ln_1 = layers.LayerNorm(v.width, eps=v.norm_eps, param_dtype=pdt, rngs=rngs)
+        self.q = layers.Linear(v.width, v.width, ("embed", "heads"), **lin)
+        self.k = layers.Linear(v.width, v.width, ("embed", "heads"), **lin)
+        self.v = layers.Linear(v.width, v.width, ("embed", "heads"), **lin)
+        self.o = layers.Linear(v.width, v.width, ("heads", "embed"), **lin)
+        self.ln_2 = layers.LayerNorm(v.width, eps=v.norm_eps, param_dtype=pdt, rngs=rngs)
+        self.fc1 = layers.Linear(v.width, v.mlp_dim, ("embed", "mlp"), **lin)
+        self.fc2 = layers.Linear(v.mlp_dim, v.width, ("mlp", "embed"), **lin)
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # x: [b, p, d]
+        b, p, d = x.shape
+        split = lambda t: t.reshape(b, p, self.heads, d // self.heads)  # noqa: E731
+        y = self.ln_1(x)
+        attn = jax.nn.dot_product_attention(split(self.q(y)), split(self.k(y)), split(self.v(y)))
+        x = x + self.o(attn.reshape(b, p, d))
+        return x + self.fc2(self.act(self.fc1(self.ln_2(x))))
+
+
+class VisionEncoder(nnx.Module):
+    """images [b, H, W, 3] (normalised) -> patch features [b, g*g, d] of the feature layer."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        v = cfg.model.vision
+        dt, pdt = layers.dtypes(cfg)
+        self.dtype, self.patch, self.grid = dt, v.patch_size, vision_grid(cfg)
+        self.remat_policy = cfg.model.remat
+        scale = v.width**-0.5  # CLIP's init scale for class / position embeddings
+        normal = nnx.initializers.normal(scale)
+        # The patch conv as a matmul over flattened (row, col, channel) patches; no bias (CLIP).
+        self.patch_embed = layers.Linear(v.patch_size**2 * 3, v.width, (None, "embed"),
+                                         bias=False, dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.cls = layers.param(rngs, normal, (v.width,), ("embed",), pdt)
+        self.pos_embed = layers.param(rngs, normal, (self.grid**2 + 1, v.width), (None, "embed"), pdt)
+        self.ln_pre = layers.LayerNorm(v.width, eps=v.norm_eps, param_dtype=pdt, rngs=rngs)
+
+        @nnx.split_rngs(splits=num_blocks_used(cfg))
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def make_blocks(r):
+            return VisionBlock(cfg, rngs=r)
+
+        self.blocks = make_blocks(rngs)
+
+    def position_embedding(self, grid: int) -> jax.Array:
+        """[grid*grid + 1, d]: the learned grid, bicubically resized for other resolutions."""
+        pos = self.pos_embed[...]
+        if grid == self.grid:
+            return pos
+        cls_pos, patch_pos = pos[:1], pos[1:].reshape(self.grid, self.grid, -1)
+        patch_pos = jax.image.resize(patch_pos, (grid, grid, patch_pos.shape[-1]), "bicubic")
+        return jnp.concatenate([cls_pos, patch_pos.reshape(grid * grid, -1)], axis=0)
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        b, hgt, wid, _ = images.shape
+        if hgt != wid or hgt % self.patch:
+            raise ValueError(f"images must be square multiples of patch {self.patch}, got {hgt}x{wid}")
+        g, p = hgt // self.patch, self.patch
+        patches = images.reshape(b, g, p, g, p, 3).transpose(0, 1, 3, 2, 4, 5).reshape(b, g * g, p * p * 3)
+        x = self.patch_embed(patches)
+        cls = jnp.broadcast_to(self.cls[...].astype(x.dtype), (b, 1, x.shape[-1]))
+        x = jnp.concatenate([cls, x], axis=1) + self.position_embedding(g).astype(x.dtype)
+        x = self.ln_pre(x)
+
+        def block(blk, h):
+            return blk(h)
+
+        block = layers.remat(block, self.remat_policy)
+
+        @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry,
+                  transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def run(blk, h):
+            return block(blk, h)
+
+        x = run(self.blocks, x)
+        return x[:, 1:]  # drop CLS: the connector consumes the patch grid (MM1 / Honeybee)
