@@ -1,0 +1,24 @@
+"""Shared by the MM1 scale-up configs (section 5): ViT-H/14 at 378, C-Abstractor 144 tokens.
+
+Not an experiment itself (the leading underscore): `mm1_3b.py` etc. call `mm1_final(...)`.
+MM1 does not publish decoder dimensions; the ones chosen here are Llama-style and land the
+decoder sizes on the configs' names and the MoE totals on the paper's 64B / 47B
+(checked by tests/test_experiments.py, printed by `python -m mm1_jax.inspect`).
+"""
+
+from mm1_jax.config import base_config
+
+
+def mm1_final(name, *, width, depth, heads, kv_heads, mlp_dim, experts=0, every=2):
+    c = base_config()
+    c.name = name
+    v = c.model.vision  # ViT-H/14 (DFN-5B CLIP), 378 px: 27 x 27 patches + CLS, ~632M params
+    v.image_size, v.patch_size, v.width, v.depth, v.heads, v.mlp_dim = 378, 14, 1280, 32, 16, 5120
+    d = c.model.decoder
+    d.width, d.depth, d.heads, d.kv_heads, d.head_dim, d.mlp_dim = width, depth, heads, kv_heads, 128, mlp_dim
+    if experts:
+        c.model.moe.num_experts, c.model.moe.every = experts, every
+        c.mesh.shape = (1, -1, 1, 8)  # experts over an 8-way expert axis, the rest FSDP
+    else:
+        c.mesh.shape = (1, -1, 1, 1)  # pure FSDP (ZeRO-3)
+    return c

@@ -1,0 +1,7 @@
+"""MM1-3B (dense): ViT-H/14-378, C-Abstractor 144, a ~3.1B Llama-style decoder."""
+
+from experiments._mm1_final import mm1_final
+
+
+def get_config():
+    return mm1_final("mm1_3b", width=3072, depth=26, heads=24, kv_heads=24, mlp_dim=8064)
