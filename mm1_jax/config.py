@@ -105,7 +105,15 @@ def base_config() -> ml_collections.ConfigDict:
     )  # MM1 section 5 final mix
     c.data.shuffle_seed = 0
     c.data.worker_count = 0  # grain worker processes; 0 = in-process
-    c.data.prefetch = 2  # batches prefetched ahead of the step
+    c.data.prefetch = 2  # batches prefetched ahead of the step (a thread, or per worker)
+    # Images are resized to model.vision.image_size and normalised with model.vision.mean/std.
+    c.data.interpolation = "bicubic"  # nearest | bilinear | bicubic (CLIP) | lanczos
+    c.data.resize_mode = "center_crop"  # center_crop (CLIP: central square) | squash (whole image)
+    c.data.read_threads = 4  # threads reading + decoding items per process (PIL frees the GIL)
+    c.data.read_buffer = 64  # decoded items buffered ahead of the packer, per process
+    # First-fit packing keeps this many rows open (at least the per-process batch); more rows
+    # waste less padding and hold more items in memory (docs/data.md, benchmarks/data_packing.py).
+    c.data.packing_bins = 32
 
     # ---------------------------------------------------------------- training
     c.train = ml_collections.ConfigDict()
