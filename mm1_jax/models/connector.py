@@ -210,14 +210,22 @@ class CAbstractor(nnx.Module):
             [layers.Linear(width, d, ("conv", "embed"), **lin)]
             + [layers.Linear(d, d, ("embed", "embed"), **lin) for _ in range(k.mlp_depth - 1)])
 
+    def position_embedding(self, grid: int) -> jax.Array:
+        """[grid*grid, v]: the learned grid, bicubically resized for other resolutions.
+
+        Resized like the encoder's own position embedding (mm1_jax/models/vision.py), so the
+        higher-resolution SFT images (448..672 px) pass through encoder and connector alike.
+        """
+        pos = self.pos_emb[...]
+        g0 = math.isqrt(pos.shape[0])
+        if grid == g0:
+            return pos
+        pos = jax.image.resize(pos.reshape(g0, g0, -1), (grid, grid, pos.shape[-1]), "bicubic")
+        return pos.reshape(grid * grid, -1)
+
     def __call__(self, x: jax.Array) -> jax.Array:
-        if x.shape[1] != self.pos_emb.shape[0]:
-            raise ValueError(
-                f"C-Abstractor got {x.shape[1]} patches but its pos_emb has "
-                f"{self.pos_emb.shape[0]} (config.model.vision.image_size / patch_size); "
-                "interpolate pos_emb to change resolution")
-        x = x.astype(self.dtype) + self.pos_emb[...].astype(self.dtype)
-        y = _grid(x)
+        y = _grid(x.astype(self.dtype))
+        y = y + self.position_embedding(y.shape[1]).astype(self.dtype).reshape(y.shape[1:])
         if self.stage1 is not None:
             y = self.stage1(y)
         y = adaptive_avg_pool2d(y, (self.side, self.side))
