@@ -1,0 +1,177 @@
+"""GShard-style top-k mixture-of-experts feed-forward layer (MM1 section 5: top-2, 32 or 64 experts).
+
+Each expert is a SwiGLU FFN like the dense Llama FFN: y_e = (silu(x W0_e) * (x W1_e)) Wo_e.
+A float32 router picks each token's top-k experts; the chosen gates are renormalised to sum to 1.
+Two execution paths, selected by `cfg.model.moe.mode`:
+
+- "capacity" (GShard, Lepikhin et al. 2020): tokens are split into groups; every expert takes at
+  most C = ceil(top_k * capacity_factor * tokens_per_group / E) tokens per group. One-hot
+  dispatch/combine tensors move tokens into expert-major buffers [E, G, C, D], which shard over
+  the mesh `expert` axis (the compiler inserts the all-to-alls). A token's position in an
+  expert's buffer comes from a cumulative sum in which every first choice precedes every second
+  choice, so under pressure second choices drop before first choices. A dropped assignment
+  contributes 0; a token whose choices all drop outputs 0 and is carried by the residual.
+- "dropless": (token, choice) assignments are sorted by expert and the expert matmuls run as
+  `jax.lax.ragged_dot` over the per-expert counts; nothing is dropped. Expert weights are not
+  expert-parallel on this path (the compiler gathers them); it suits one host or few experts.
+  On CPU, XLA lowers ragged_dot to a masked dense dot costing E times the FLOPs
+  (benchmarks/results/moe.md); GPU and TPU have grouped-matmul kernels.
+
+Groups: group size s = ceil(T / ceil(T / min(group_size, T))) for T tokens in the batch, so
+groups are as even as possible and at most G - 1 masked padding tokens are appended.
+
+Padding (mask False) is never routed: it takes no capacity, counts in no statistic or loss,
+and its output is 0.
+
+Aux losses are returned UNWEIGHTED, per layer, in `stats`:
+  load_balance_loss = E * sum_e f_e * P_e (GShard / Switch), f_e = fraction of real tokens whose
+    first choice is e, P_e = mean router probability of e over real tokens; 1 when balanced.
+  z_loss = mean over real tokens of logsumexp(logits)^2 (ST-MoE, Zoph et al. 2022).
+The decoder AVERAGES each over its MoE layers and then multiplies by `load_balance_coef` /
+`z_loss_coef`, so a coefficient means the same thing at any depth or `every`.
+
+Einsum legend: g groups, s tokens per group, t tokens (flat), k choices (top-k), e experts,
+c capacity slot, m model width (D), h expert hidden width (F).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from mm1_jax.config import expert_mlp_dim
+from mm1_jax.models import layers
+from mm1_jax.sharding import constrain
+
+
+def group_shape(num_tokens: int, group_size: int) -> tuple[int, int]:
+    """(groups, tokens per group) for `num_tokens` tokens; groups * size - num_tokens < groups."""
+    groups = -(-num_tokens // max(1, min(group_size, num_tokens)))
+    return groups, -(-num_tokens // groups)
+
+
+def capacity(tokens_per_group: int, num_experts: int, top_k: int, factor: float) -> int:
+    """GShard expert capacity per group; never above the group size (an expert sees a token once)."""
+    return max(1, min(tokens_per_group, math.ceil(top_k * factor * tokens_per_group / num_experts)))
+
+
+class MoEFeedForward(nnx.Module):
+    """Top-k routed SwiGLU experts. `__call__(x [B,S,D], mask [B,S]) -> (y [B,S,D], stats)`."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        m = cfg.model.moe
+        d, f, e = cfg.model.decoder.width, expert_mlp_dim(cfg), m.num_experts
+        self.dtype, pdt = layers.dtypes(cfg)
+        self.num_experts, self.top_k = e, m.top_k
+        self.mode, self.group_size = m.mode, m.group_size
+        self.capacity_factor, self.eval_capacity_factor = m.capacity_factor, m.eval_capacity_factor
+        # fan_in is D for wi and F for wo; the leading expert axis is a batch axis, not a fan.
+        expert_init = nnx.initializers.variance_scaling(
+            1.0, "fan_in", "truncated_normal", in_axis=1, out_axis=2, batch_axis=(0,))
+        self.router = layers.param(rngs, nnx.initializers.lecun_normal(), (d, e),
+                                   ("embed", None), pdt)
+        self.wi_0 = layers.param(rngs, expert_init, (e, d, f), ("exp", "embed", "mlp"), pdt)
+        self.wi_1 = layers.param(rngs, expert_init, (e, d, f), ("exp", "embed", "mlp"), pdt)
+        self.wo = layers.param(rngs, expert_init, (e, f, d), ("exp", "mlp", "embed"), pdt)
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None, *, train: bool = True
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        b, s, d = x.shape
+        mask = jnp.ones((b, s), bool) if mask is None else mask.astype(bool)
+        xt, mt = x.reshape(b * s, d), mask.reshape(b * s)
+        top_i, gates, stats = self._route(xt, mt)
+        if self.mode == "dropless":
+            y = self._dropless(xt, mt, top_i, gates)
+            stats["dropped_fraction"] = jnp.zeros((), jnp.float32)
+        else:
+            factor = self.capacity_factor if train else self.eval_capacity_factor
+            y, kept = self._capacity(xt, mt, top_i, gates, factor)
+            n_assign = mt.sum().astype(jnp.float32) * self.top_k
+            stats["dropped_fraction"] = (n_assign - kept) / jnp.maximum(n_assign, 1.0)
+        return y.reshape(b, s, d), stats
+
+    # ------------------------------------------------------------------ router (float32)
+
+    def _route(self, x: jax.Array, mask: jax.Array):
+        """x: [t, m], mask: [t] -> top_i [t, k] int, gates [t, k] f32 (0 on padding), stats."""
+        e, k = self.num_experts, self.top_k
+        logits = jnp.einsum("tm,me->te", x.astype(jnp.float32),
+                            self.router[...].astype(jnp.float32))
+        probs = jax.nn.softmax(logits, axis=-1)
+        top_p, top_i = jax.lax.top_k(probs, k)
+        gates = top_p / top_p.sum(-1, keepdims=True) * mask[:, None]
+
+        real = mask.astype(jnp.float32)
+        n_real = jnp.maximum(real.sum(), 1.0)
+        choice = jax.nn.one_hot(top_i, e, dtype=jnp.float32) * real[:, None, None]  # [t, k, e]
+        first_frac = choice[:, 0].sum(0) / n_real
+        mean_prob = (probs * real[:, None]).sum(0) / n_real
+        z = jax.nn.logsumexp(logits, axis=-1)
+        stats = {
+            "load_balance_loss": e * jnp.sum(first_frac * mean_prob),
+            "z_loss": jnp.sum(jnp.square(z) * real) / n_real,
+            "expert_load": choice.sum((0, 1)) / (n_real * k),
+        }
+        return top_i, gates, stats
+
+    # ------------------------------------------------------------------ experts
+
+    def _experts(self, xe: jax.Array, spec_in, spec_hidden) -> jax.Array:
+        """Expert-major SwiGLU: xe [e, g, c, m] -> [e, g, c, m] in the compute dtype."""
+        w0, w1, wo = (w[...].astype(self.dtype) for w in (self.wi_0, self.wi_1, self.wo))
+        h = jax.nn.silu(jnp.einsum("egcm,emh->egch", xe, w0)) * jnp.einsum("egcm,emh->egch", xe, w1)
+        h = constrain(h, spec_hidden)
+        return constrain(jnp.einsum("egch,ehm->egcm", h, wo), spec_in)
+
+    def _capacity(self, x, mask, top_i, gates, factor):
+        """GShard dispatch/combine. Returns (y [t, m], number of kept assignments)."""
+        t, d = x.shape
+        e, k = self.num_experts, self.top_k
+        g, s = group_shape(t, self.group_size)
+        pad = g * s - t
+        x = jnp.pad(x, ((0, pad), (0, 0))).reshape(g, s, d)
+        top_i = jnp.pad(top_i, ((0, pad), (0, 0))).reshape(g, s, k)
+        gates = jnp.pad(gates, ((0, pad), (0, 0))).reshape(g, s, k)
+        mask = jnp.pad(mask, (0, pad)).reshape(g, s)
+        cap = capacity(s, e, k, factor)
+
+        choice = jax.nn.one_hot(top_i, e, dtype=jnp.int32) * mask[..., None, None]  # [g,s,k,e]
+        # Choice-major cumsum: slot of (token, choice j) = assignments to that expert from all
+        # choices < j in the group, plus earlier tokens' choice j. First choices fill first.
+        by_choice = choice.transpose(0, 2, 1, 3).reshape(g, k * s, e)
+        slot = (jnp.cumsum(by_choice, axis=1) - 1).reshape(g, k, s, e).transpose(0, 2, 1, 3)
+        slot = (slot * choice).sum(-1)  # [g, s, k]
+        keep = choice * (slot < cap)[..., None]  # [g, s, k, e]
+        slot_1h = jax.nn.one_hot(slot, cap, dtype=jnp.float32)  # out-of-range slots -> all 0
+        keep_f = keep.astype(jnp.float32)
+        dispatch = jnp.einsum("gske,gskc->gsec", keep_f, slot_1h)
+        combine = jnp.einsum("gske,gsk,gskc->gsec", keep_f, gates, slot_1h)
+
+        spec_in = ("exp", "batch", None, "embed")
+        xg = constrain(x.astype(self.dtype), ("batch", None, "embed"))
+        xe = constrain(jnp.einsum("gsec,gsm->egcm", dispatch.astype(self.dtype), xg), spec_in)
+        ye = self._experts(xe, spec_in, ("exp", "batch", None, "mlp"))
+        y = jnp.einsum("gsec,egcm->gsm", combine.astype(self.dtype), ye)
+        y = constrain(y, ("batch", None, "embed"))
+        return y.reshape(g * s, d)[:t], keep.sum().astype(jnp.float32)
+
+    def _dropless(self, x, mask, top_i, gates):
+        """Sort assignments by expert, ragged_dot the three matmuls, unsort. y: [t, m]."""
+        t, d = x.shape
+        e, k = self.num_experts, self.top_k
+        # Padding gets the id E and sorts after every real assignment, beyond the group sizes.
+        expert_of = jnp.where(mask[:, None], top_i, e).reshape(t * k)
+        order = jnp.argsort(expert_of, stable=True)
+        sizes = jnp.sum(jax.nn.one_hot(expert_of, e, dtype=jnp.int32), axis=0)  # id E -> 0 row
+        xs = x.astype(self.dtype)[order // k]  # [t*k, m], row r is token order[r] // k
+        w0, w1, wo = (w[...].astype(self.dtype) for w in (self.wi_0, self.wi_1, self.wo))
+        h = jax.nn.silu(jax.lax.ragged_dot(xs, w0, sizes)) * jax.lax.ragged_dot(xs, w1, sizes)
+        ys = jax.lax.ragged_dot(h, wo, sizes)
+        inverse = jnp.zeros_like(order).at[order].set(jnp.arange(t * k, dtype=order.dtype))
+        # Rows past the group sizes are unspecified on some backends: select, don't multiply.
+        yk = jnp.where(mask[:, None, None], ys[inverse].reshape(t, k, d), 0)
+        return jnp.einsum("tkm,tk->tm", yk, gates.astype(self.dtype))
