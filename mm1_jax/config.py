@@ -123,6 +123,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.grad_accum = 1
     c.train.log_every = 10
     c.train.max_bad_steps = 10  # consecutive non-finite steps before the run stops
+    # Build the embedded demo corpus at data.dir if it is absent (experiments/demo_cpu.py).
+    c.train.build_demo_data = False
+    # Peak FLOP/s of one device for perf/mfu; None = a table of known accelerators, or on CPU a
+    # float32 matmul measured once at start-up (mm1_jax/train/metrics.py).
+    c.train.peak_flops = config_dict.placeholder(float)
+    # JAX's persistent compilation cache: a restart (pre-emption, resume) reuses the compiled
+    # step instead of compiling it again. "" turns it off.
+    c.train.compile_cache_dir = "~/.cache/mm1_jax/jax"
 
     o = c.optim = ml_collections.ConfigDict()
     o.lr = config_dict.placeholder(float)  # None: eta(N) from MM1 eq. (1)
@@ -137,6 +145,9 @@ def base_config() -> ml_collections.ConfigDict:
     # A multiplier of 0 freezes the group (no update, no optimizer state moment drift).
     o.lr_mult = ()
     o.freeze = ()  # regexes of frozen parameter paths
+    # Regexes of parameters without weight decay: biases and norm gains (common practice; the
+    # paper does not say).
+    o.no_decay = (r"(^|/)(bias|scale)$",)
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 1000

@@ -1,0 +1,54 @@
+"""`python -m mm1_jax.train --config=experiments/<x>.py --workdir=DIR [--config.key=value ...]`
+
+Resumes from the newest complete checkpoint in DIR/checkpoints. On a multi-host pod pass
+`--distributed` (JAX finds the coordinator on TPU / SLURM / Kubernetes) or the explicit
+`--coordinator_address`, `--num_processes`, `--process_id`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default workdir/<config.name>).")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    del argv
+    import jax
+
+    cfg = _CONFIG.value
+    if cfg.train.compile_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.train.compile_cache_dir))
+    if _DISTRIBUTED.value or _COORDINATOR.value:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only clusters
+        jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                                   num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+
+    from mm1_jax.config import ConfigError
+    from mm1_jax.train.loop import TrainingError, train
+
+    workdir = _WORKDIR.value or os.path.join("workdir", cfg.name)
+    logging.info("config %s, workdir %s", cfg.name, workdir)
+    try:
+        result = train(cfg, workdir)
+    except (ConfigError, TrainingError) as e:
+        logging.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"{'stopped (pre-empted)' if result.preempted else 'finished'} at step {result.step}; "
+          f"checkpoints in {os.path.join(workdir, 'checkpoints')}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,110 @@
+"""Orbax checkpoints of a run: `<workdir>/checkpoints/<step>/{state,data,config}`.
+
+- state: the TrainState's arrays (params, optimiser state, step, RNG, skip counters), saved
+  asynchronously (the step loop continues while files are written) and restored directly into
+  the shardings of the *current* mesh, so a checkpoint written on 8 devices restores on 4 or 1.
+- data: the Grain iterator's position (grain's own Orbax handler; one file per process).
+- config: the resolved config as JSON, for people and for evaluation code.
+
+A checkpoint is written into `<step>.orbax-checkpoint-tmp-*` and renamed into place only when
+every item is complete, and `latest_step()` lists renamed directories only, so a save cut off by
+SIGKILL or a crash is never restored (and its leftovers are removed at the next start).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import logging
+
+from mm1_jax.train.state import TrainState
+
+
+def _has_state(iterator: Any) -> bool:
+    return hasattr(iterator, "get_state") and hasattr(iterator, "set_state")
+
+
+class Checkpointer:
+    """The run's CheckpointManager: save every `checkpoint.every` steps, keep the newest
+    `checkpoint.keep` plus every `checkpoint.keep_period`-th, restore the newest complete one."""
+
+    def __init__(self, directory: str, cfg: ml_collections.ConfigDict):
+        c = cfg.checkpoint
+        options = ocp.CheckpointManagerOptions(
+            save_interval_steps=c.every,
+            max_to_keep=c.keep,
+            keep_period=c.keep_period or None,
+            enable_async_checkpointing=c.async_save,
+            cleanup_tmp_directories=True,
+            create=True,
+        )
+        self.directory = os.path.abspath(directory)
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "data": grain.checkpoint.CheckpointHandler(),
+                           "config": ocp.JsonCheckpointHandler()})
+        self.config = json.loads(cfg.to_json_best_effort())
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def should_save(self, step: int) -> bool:
+        return self.manager.should_save(step)
+
+    def save(self, step: int, state: TrainState, data_iterator: Any, *, force: bool = False) -> bool:
+        """Starts saving `state` (after `step` steps) and the data position; returns at once
+        unless `checkpoint.async_save` is off. The iterator must have yielded exactly `step`
+        batches."""
+        items = {"state": ocp.args.StandardSave(state.arrays()),
+                 "config": ocp.args.JsonSave(self.config)}
+        if _has_state(data_iterator):
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        if saved:
+            logging.info("checkpoint: saving step %d to %s", step, self.directory)
+        return saved
+
+    def restore(self, abstract: TrainState, data_iterator: Any, step: int | None = None
+                ) -> TrainState | None:
+        """The newest complete checkpoint (or `step`) placed in `abstract`'s shardings, with the
+        data iterator moved to its saved position; None when the directory holds none."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            return None
+        items = {"state": ocp.args.StandardRestore(abstract.arrays())}
+        has_data = os.path.isdir(os.path.join(self.directory, str(step), "data"))
+        if has_data and _has_state(data_iterator):
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        elif _has_state(data_iterator):
+            logging.warning("checkpoint %d holds no data-iterator state; data restarts", step)
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        logging.info("checkpoint: restored step %d from %s", step, self.directory)
+        return abstract.with_arrays(restored["state"])
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def restored_config(directory: str, step: int) -> dict:
+    """The resolved config a checkpoint was written with (a plain dict)."""
+    with ocp.CheckpointManager(os.path.abspath(directory),
+                               item_handlers={"config": ocp.JsonCheckpointHandler()}) as m:
+        return dict(m.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+
+
+def sync_processes(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
