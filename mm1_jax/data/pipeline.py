@@ -1,0 +1,185 @@
+"""The Grain pipeline: ArrayRecord shards of three kinds -> mixed, packed, fixed-shape batches.
+
+Per kind (a `MapDataset`, random access by index):
+    ArrayRecord source -> parse -> shuffle (a new order each epoch) -> repeat -> shard by process
+    -> decode + resize images, tokenize, cut to fit (mm1_jax.data.examples)
+Then: mix by `data.mixture` weights (Grain's deterministic proportional interleave) -> read in
+`data.read_threads` threads -> first-fit pack (mm1_jax.data.packing) -> batch -> prefetch in a
+thread (`data.worker_count == 0`) or in worker processes.
+
+Everything up to the mix is a pure function of the element index, and the iterators after it keep
+their state in `get_state()`, so a restored iterator yields exactly the batches that would have
+come (see `save_state` / `restore_state`, and docs/data.md for the trainer's CheckpointManager).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import grain
+import numpy as np
+
+from mm1_jax.config import ConfigError
+from mm1_jax.data import examples, images, packing, records
+from mm1_jax.data.tokenizer import Tokenizer
+
+
+class _Parse:
+    """Source bytes -> Record; errors name the shard file and the record's index in it."""
+
+    def __init__(self, paths: list[str], counts: list[int]):
+        self._paths = paths
+        self._ends = np.cumsum(counts)
+
+    def __call__(self, index: int, data: bytes) -> records.Record:
+        try:
+            return records.decode(data)
+        except records.RecordError as e:
+            raise records.RecordError(str(e).replace("record", self._where(index), 1)) from None
+
+    def _where(self, index: int) -> str:
+        index %= int(self._ends[-1])  # past the first epoch the index keeps counting
+        f = int(np.searchsorted(self._ends, index, side="right"))
+        local = index - (int(self._ends[f - 1]) if f else 0)
+        return f"{self._paths[f]} record {local}"
+
+
+class _ToItem:
+    """Record -> packed-ready item. Loads the tokenizer lazily so worker processes can pickle it."""
+
+    def __init__(self, tokenizer_path: str, spec: examples.ItemSpec):
+        self._path = tokenizer_path
+        self._spec = spec
+        self._tok = None
+
+    def __getstate__(self):
+        return {"_path": self._path, "_spec": self._spec, "_tok": None}
+
+    def __call__(self, record: records.Record) -> dict:
+        if self._tok is None:
+            self._tok = Tokenizer(self._path)
+        return examples.make_item(record, self._tok, self._spec)
+
+
+def item_spec(cfg) -> examples.ItemSpec:
+    """The per-item settings, from the model and data sections of the config."""
+    return examples.ItemSpec(
+        seq_len=cfg.train.seq_len, max_images=cfg.data.max_images,
+        tokens_per_image=cfg.model.connector.num_tokens, image_size=cfg.model.vision.image_size,
+        interpolation=cfg.data.interpolation, resize_mode=cfg.data.resize_mode)
+
+
+def _check(cfg, shard_index: int, shard_count: int) -> None:
+    d = cfg.data
+    if d.dir is None or d.tokenizer is None:
+        raise ConfigError("config.data.dir and config.data.tokenizer must be set (the corpus "
+                          "directory and its sentencepiece .model)")
+    if not os.path.exists(d.tokenizer):
+        raise ConfigError(f"config.data.tokenizer: {d.tokenizer} does not exist; train one with "
+                          "`python -m mm1_jax.data.tokenizer --input=<corpus> --output=<path>`")
+    if d.interpolation not in images.INTERPOLATIONS:
+        raise ConfigError(f"config.data.interpolation: {d.interpolation!r} is not one of "
+                          f"{tuple(images.INTERPOLATIONS)}")
+    if d.resize_mode not in images.RESIZE_MODES:
+        raise ConfigError(f"config.data.resize_mode: {d.resize_mode!r} is not one of "
+                          f"{images.RESIZE_MODES}")
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index {shard_index} is outside 0..{shard_count - 1}")
+    if cfg.train.batch_size % shard_count:
+        raise ConfigError(f"config.train.batch_size: {cfg.train.batch_size} sequences do not "
+                          f"split over {shard_count} processes; use a multiple of {shard_count}")
+
+
+def make_dataset(cfg, *, shard_index: int, shard_count: int) -> grain.IterDataset:
+    """The batched pipeline of one process (shard) as a Grain IterDataset; see make_iterator."""
+    _check(cfg, shard_index, shard_count)
+    d = cfg.data
+    spec = item_spec(cfg)
+    tok = Tokenizer(d.tokenizer)
+    parts, weights = [], []
+    for k, kind in enumerate(records.KINDS):
+        weight = d.mixture.get(kind, 0.0)
+        if weight <= 0:
+            continue
+        paths = records.shard_paths(d.dir, kind)
+        if not paths:
+            raise ConfigError(
+                f"config.data.dir: no shards {os.path.join(d.dir, kind, '*.array_record')} for "
+                f"kind {kind!r}; convert data with `python -m mm1_jax.data.convert` or set "
+                f"config.data.mixture.{kind}=0")
+        source = grain.sources.ArrayRecordDataSource(paths)
+        counts = [records.num_records(p) for p in paths]
+        if not sum(counts):
+            raise ConfigError(f"config.data.dir: the {kind!r} shards under {d.dir} hold no "
+                              f"records; set config.data.mixture.{kind}=0 or convert data")
+        ds = grain.MapDataset.source(source).map_with_index(_Parse(paths, counts))
+        # shuffle before repeat: the index's epoch reseeds the permutation, a new order per epoch
+        ds = ds.shuffle(seed=(d.shuffle_seed + 1000 * k) % 2**32).repeat()
+        ds = ds[shard_index::shard_count]
+        parts.append(ds.map(_ToItem(d.tokenizer, spec)))
+        weights.append(weight)
+
+    mixed = grain.MapDataset.mix(parts, weights)
+    items = mixed.to_iter_dataset(grain.ReadOptions(num_threads=d.read_threads,
+                                                    prefetch_buffer_size=d.read_buffer))
+    b = cfg.train.batch_size // shard_count
+    packed = packing.pack(items, seq_len=spec.seq_len, max_images=spec.max_images,
+                          num_bins=max(d.packing_bins, b), pad_id=tok.pad_id, seed=d.shuffle_seed)
+    scale, offset = images.normalizer(cfg.model.vision.mean, cfg.model.vision.std)
+    rows = packed.map(functools.partial(packing.finalize_row, max_images=spec.max_images,
+                                        image_size=spec.image_size, scale=scale, offset=offset))
+    batches = rows.batch(b, drop_remainder=True)
+    if d.worker_count > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():
+            # Grain's workers read absl flags (grain_*); outside absl.app.run (scripts, tests,
+            # notebooks) nobody parsed them, and their defaults are what we want.
+            flags.FLAGS.mark_as_parsed()
+        return batches.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=d.worker_count, per_worker_buffer_size=max(d.prefetch, 1)))
+    if d.prefetch > 0:
+        return grain.experimental.ThreadPrefetchIterDataset(batches,
+                                                            prefetch_buffer_size=d.prefetch)
+    return batches
+
+
+def make_iterator(cfg, *, shard_index: int | None = None,
+                  shard_count: int | None = None) -> grain.DatasetIterator:
+    """Batches for this process: a Grain DatasetIterator with get_state() / set_state().
+
+    Each batch is a dict of numpy arrays, b = train.batch_size // shard_count rows, S = seq_len,
+    M = data.max_images, H = W = model.vision.image_size:
+      tokens, targets int32 [b, S]; loss_mask float32 [b, S]; segment_ids (0 = padding) and
+      positions (restart per segment) int32 [b, S]; kinds int32 [b, S] (0 pad, 1 interleaved,
+      2 caption, 3 text); images float32 [b, M, H, W, 3] normalised; image_mask bool [b, M];
+      truncated, dropped int32 [b] (items cut / dropped while filling each row).
+    shard_index / shard_count default to jax.process_index() / jax.process_count().
+    """
+    if shard_index is None or shard_count is None:
+        import jax
+
+        shard_index = jax.process_index() if shard_index is None else shard_index
+        shard_count = jax.process_count() if shard_count is None else shard_count
+    return iter(make_dataset(cfg, shard_index=shard_index, shard_count=shard_count))
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+
+def save_state(iterator: grain.DatasetIterator, directory: str) -> None:
+    """Saves the iterator's position with Orbax (grain's handler; one JSON file per process)."""
+    import orbax.checkpoint as ocp
+
+    with ocp.Checkpointer(grain.checkpoint.CheckpointHandler()) as ckpt:
+        ckpt.save(os.path.abspath(directory), args=grain.checkpoint.CheckpointSave(iterator))
+
+
+def restore_state(iterator: grain.DatasetIterator, directory: str) -> grain.DatasetIterator:
+    """Restores a position saved by save_state (or by a CheckpointManager item) into `iterator`."""
+    import orbax.checkpoint as ocp
+
+    with ocp.Checkpointer(grain.checkpoint.CheckpointHandler()) as ckpt:
+        return ckpt.restore(os.path.abspath(directory),
+                            args=grain.checkpoint.CheckpointRestore(iterator))

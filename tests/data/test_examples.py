@@ -1,0 +1,72 @@
+"""Items: where a too-long item is cut, when it is dropped, and that drops are counted."""
+
+import grain
+import numpy as np
+
+from mm1_jax.data import examples, packing, records
+from mm1_jax.data.tokenizer import Tokenizer
+from tests.data import factories as F
+
+T = 8  # tokens per image: a block is T + 2 = 10 tokens
+
+
+def test_cut_never_splits_an_image_and_respects_the_budget():
+    # (n_tokens, block starts, seq_len, max_images) -> (tokens kept, images kept), by hand
+    assert examples.cut(45, [1, 15, 30], 10, 50, 2) == (30, 2)  # third image over budget
+    assert examples.cut(60, [], 10, 50, 2) == (50, 0)  # text only: cut at seq_len
+    assert examples.cut(60, [45], 10, 50, 2) == (45, 0)  # block 45..54 would cross 50
+    assert examples.cut(60, [40], 10, 50, 2) == (50, 1)  # block 40..49 ends exactly at 50
+    assert examples.cut(22, [1, 11], 10, 50, 2) == (22, 2)  # <s>, 2 blocks, </s>: fits whole
+
+
+def _spec(seq_len=64, max_images=2):
+    return examples.ItemSpec(seq_len=seq_len, max_images=max_images, tokens_per_image=T,
+                             image_size=16)
+
+
+def _rec(*segments, kind="interleaved"):
+    segs = [records.text_segment(s) if isinstance(s, str)
+            else records.image_segment(F.png(20, 20, seed=s), "png", 20, 20) for s in segments]
+    return records.Record(kind, "r", "test", segs)
+
+
+def test_item_layout_targets_and_loss_mask(corpus):
+    tok = Tokenizer(f"{corpus[0]}/tokenizer.model")
+    item = examples.make_item(_rec(0, "if x:", kind="caption"), tok, _spec())
+    text = tok.encode("if x:")
+    want = [tok.bos_id, tok.image_start_id] + [tok.image_id] * T + [tok.image_end_id] + text + [tok.eos_id]
+    assert item["tokens"].tolist() == want
+    assert item["targets"].tolist() == want[1:] + [tok.pad_id]
+    # no loss predicting <img> (from <s>), inside the block, or past </s>; loss from </img> on
+    mask = [0] * (T + 2) + [1] * (len(text) + 1) + [0]
+    assert item["loss_mask"].tolist() == mask
+    assert item["kinds"].tolist() == [2] * len(want)  # caption
+    assert item["image_slots"].tolist() == [1] and item["images"].shape == (1, 16, 16, 3)
+    assert (item["truncated"], item["dropped"]) == (0, 0)
+
+
+def test_dropped_and_truncated_items_are_counted(corpus):
+    tok = Tokenizer(f"{corpus[0]}/tokenizer.model")
+    recs = [
+        _rec("a short document"),  # kept whole
+        _rec(1, 2, 3, "text after three images"),  # budget 2: only <s> + 2 images left -> drop
+        _rec("an " * 80),  # longer than 64 tokens: cut in its text
+        _rec(4, 5, 6),  # images only: nothing to learn -> drop
+        _rec("x", 7, "y"),
+        _rec("intro", 1, "a", 2, "b", 3, "c"),  # third image over budget: cut before it
+        _rec(2, 3, 4, 5, 6, "late text"),  # drop
+    ]
+    items = [examples.make_item(r, tok, _spec()) for r in recs]
+    assert [i["dropped"] for i in items] == [0, 1, 0, 1, 0, 0, 1]
+    assert [i["truncated"] for i in items] == [0, 1, 1, 1, 0, 1, 1]
+    assert len(items[2]["tokens"]) == 64 and items[5]["image_slots"].sum() == 2
+
+    ds = grain.MapDataset.source(recs).map(
+        lambda r: examples.make_item(r, tok, _spec())).to_iter_dataset()
+    rows = packing.pack(ds, seq_len=64, max_images=2, num_bins=2, pad_id=tok.pad_id, seed=0)
+    rows = rows.map(lambda r: packing.finalize_row(r, 2, 16, np.float32(1), np.float32(0)))
+    out = list(rows)
+    assert sum(int(r["dropped"]) for r in out) == 3
+    assert sum(int(r["truncated"]) for r in out) == 2  # the two kept cut items
+    assert sum(len(set(r["segment_ids"][r["segment_ids"] > 0])) for r in out) == 4
+    assert all(r["image_mask"].sum() <= 2 for r in out)
