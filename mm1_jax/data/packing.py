@@ -72,15 +72,13 @@ def pack(ds: grain.IterDataset, *, seq_len: int, max_images: int, num_bins: int,
         shuffle_bins=True, meta_features=META_FEATURES, padding_struct=padding)
 
 
-def finalize_row(row: dict, max_images: int, image_size: int, scale: np.ndarray,
-                 offset: np.ndarray) -> dict:
-    """One packed row -> the batch schema (docs/data.md); images normalised, padding slots 0."""
-    images = np.zeros((max_images, image_size, image_size, 3), np.float32)
+def finalize_row(row: dict, max_images: int, image_size: int) -> dict:
+    """One packed row -> the batch schema (docs/data.md), images still uint8 [M, S, S, 3]."""
+    images = np.zeros((max_images, image_size, image_size, 3), np.uint8)
     pixels = [p for p in row["images"] if len(p)]
     if pixels:
-        stacked = np.concatenate(pixels)  # [n_img, S, S, 3] uint8, in token order
-        np.multiply(stacked, scale, out=images[: len(stacked)], dtype=np.float32)
-        images[: len(stacked)] += offset
+        stacked = np.concatenate(pixels)  # [n_img, S, S, 3], in token order
+        images[: len(stacked)] = stacked
     return {
         "tokens": row["tokens"],
         "targets": row["targets"],
@@ -94,3 +92,17 @@ def finalize_row(row: dict, max_images: int, image_size: int, scale: np.ndarray,
         "truncated": np.int32(sum(row["truncated"])),
         "dropped": np.int32(sum(row["dropped_before"])),
     }
+
+
+def normalize_images(batch: dict, scale: np.ndarray, offset: np.ndarray) -> dict:
+    """uint8 images [b, M, S, S, 3] -> float32 (x/255 - mean)/std, empty slots 0.
+
+    Done once per batch, after stacking, so the float32 array (4x the bytes) is written once
+    and never copied.
+    """
+    u8 = batch["images"]
+    out = np.multiply(u8, scale, dtype=np.float32)
+    out += offset
+    out[~batch["image_mask"]] = 0.0
+    batch["images"] = out
+    return batch

@@ -126,10 +126,11 @@ def make_dataset(cfg, *, shard_index: int, shard_count: int) -> grain.IterDatase
     b = cfg.train.batch_size // shard_count
     packed = packing.pack(items, seq_len=spec.seq_len, max_images=spec.max_images,
                           num_bins=max(d.packing_bins, b), pad_id=tok.pad_id, seed=d.shuffle_seed)
-    scale, offset = images.normalizer(cfg.model.vision.mean, cfg.model.vision.std)
     rows = packed.map(functools.partial(packing.finalize_row, max_images=spec.max_images,
-                                        image_size=spec.image_size, scale=scale, offset=offset))
-    batches = rows.batch(b, drop_remainder=True)
+                                        image_size=spec.image_size))
+    scale, offset = images.normalizer(cfg.model.vision.mean, cfg.model.vision.std)
+    batches = rows.batch(b, drop_remainder=True).map(
+        functools.partial(packing.normalize_images, scale=scale, offset=offset))
     if d.worker_count > 0:
         from absl import flags
 

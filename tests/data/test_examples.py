@@ -1,7 +1,6 @@
 """Items: where a too-long item is cut, when it is dropped, and that drops are counted."""
 
 import grain
-import numpy as np
 
 from mm1_jax.data import examples, packing, records
 from mm1_jax.data.tokenizer import Tokenizer
@@ -64,7 +63,7 @@ def test_dropped_and_truncated_items_are_counted(corpus):
     ds = grain.MapDataset.source(recs).map(
         lambda r: examples.make_item(r, tok, _spec())).to_iter_dataset()
     rows = packing.pack(ds, seq_len=64, max_images=2, num_bins=2, pad_id=tok.pad_id, seed=0)
-    rows = rows.map(lambda r: packing.finalize_row(r, 2, 16, np.float32(1), np.float32(0)))
+    rows = rows.map(lambda r: packing.finalize_row(r, 2, 16))
     out = list(rows)
     assert sum(int(r["dropped"]) for r in out) == 3
     assert sum(int(r["truncated"]) for r in out) == 2  # the two kept cut items
