@@ -16,10 +16,9 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx, traverse_util
+from flax import traverse_util
 
 _PREFIX = "abstractor."
 _BLOCK = re.compile(
@@ -46,6 +45,8 @@ def _conv_kernel(w: np.ndarray) -> np.ndarray:
 def cabstractor_params_from_torch(state_dict: Mapping[str, np.ndarray],
                                   cfg: ml_collections.ConfigDict) -> dict:
     """Honeybee C-Abstractor state dict -> nested dict shaped like `nnx.state(CAbstractor, Param)`.
+
+    Load the result with `mm1_jax.convert.common.load_params`.
 
     Accepts the abstractor's own state dict or a full Honeybee model's (keys under
     `abstractor.`). Raises ValueError naming any key it cannot place (e.g. `eos_tokens` or
@@ -93,27 +94,3 @@ def cabstractor_params_from_torch(state_dict: Mapping[str, np.ndarray],
         raise ValueError(f"checkpoint has {n_readout} readout Linear layers but "
                          f"config.model.connector.mlp_depth = {cfg.model.connector.mlp_depth}")
     return traverse_util.unflatten_dict(flat)
-
-
-def load_params(module: nnx.Module, params: Mapping) -> None:
-    """Writes a nested parameter dict (from `cabstractor_params_from_torch`) into `module`.
-
-    Checks first that the parameter paths match exactly and every shape agrees, so a checkpoint
-    for another config fails loudly (naming the path) instead of loading half the weights.
-    """
-    state = nnx.state(module, nnx.Param)
-    want = {path: var for path, var in state.flat_state()}
-    got = traverse_util.flatten_dict(dict(params))
-    missing, extra = sorted(set(want) - set(got), key=str), sorted(set(got) - set(want), key=str)
-    if missing or extra:
-        raise ValueError(f"parameter paths differ from the module: missing {missing}, "
-                         f"unexpected {extra}")
-    bad = [(p, tuple(got[p].shape), tuple(want[p].shape)) for p in want
-           if tuple(got[p].shape) != tuple(want[p].shape)]
-    if bad:
-        raise ValueError("shape mismatch (path, checkpoint, module) — does the config "
-                         f"(vision width, hidden, num_tokens, depth, se_ratio) match? {bad}")
-    pure = traverse_util.unflatten_dict(
-        {p: jnp.asarray(got[p], dtype=want[p].dtype) for p in want})
-    nnx.replace_by_pure_dict(state, pure)
-    nnx.update(module, state)

@@ -19,6 +19,7 @@ from torch import nn
 
 from mm1_jax.config import base_config
 from mm1_jax.convert import honeybee
+from mm1_jax.convert.common import load_params
 from mm1_jax.models import connector as conn
 
 def make_cfg(kind="c_abstractor", *, v=32, c=32, d=48, depth=2, grid=9, tokens=16, mlp_depth=2,
@@ -222,7 +223,7 @@ def test_cabstractor_matches_honeybee_torch(shape):
     model = conn.build_connector(cfg, rngs=nnx.Rngs(0))
     sd = state_numpy(ref_model)
     assert sum(v.size for v in sd.values()) == conn.num_params(cfg) == count(model)
-    honeybee.load_params(model, honeybee.cabstractor_params_from_torch(sd, cfg))
+    load_params(model, honeybee.cabstractor_params_from_torch(sd, cfg))
     got = nnx.jit(lambda m, x: m(x))(model, jnp.asarray(x.numpy()))
     assert got.shape == (2, shape["tokens"], shape["d"])
     np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-5, atol=1e-5)
@@ -242,14 +243,14 @@ def test_converter_reads_full_checkpoints_and_rejects_unknown_keys():
                                                  sd["pos_emb"]], axis=1)
     full["language_model.lm_head.weight"] = np.zeros((3, 3), np.float32)
     model = conn.build_connector(cfg, rngs=nnx.Rngs(0))
-    honeybee.load_params(model, honeybee.cabstractor_params_from_torch(full, cfg))
+    load_params(model, honeybee.cabstractor_params_from_torch(full, cfg))
     np.testing.assert_allclose(np.asarray(model(jnp.asarray(x.numpy()))), ref, rtol=1e-5, atol=1e-5)
 
     with pytest.raises(ValueError, match="eos_tokens"):
         honeybee.cabstractor_params_from_torch({**sd, "eos_tokens": np.zeros((1, 1, 48))}, cfg)
     wider = make_cfg(d=64)  # same paths, other readout shapes
     with pytest.raises(ValueError, match="shape mismatch"):
-        honeybee.load_params(conn.build_connector(wider, rngs=nnx.Rngs(0)),
+        load_params(conn.build_connector(wider, rngs=nnx.Rngs(0)),
                              honeybee.cabstractor_params_from_torch(sd, wider))
 
 
@@ -278,7 +279,7 @@ def test_avg_pool_connector_matches_torch():
         grid = x.transpose(1, 2).reshape(2, 32, 27, 27)
         ref = lin(nn.AdaptiveAvgPool2d(12)(grid).flatten(2).transpose(1, 2)).numpy()
     model = conn.build_connector(cfg, rngs=nnx.Rngs(0))
-    honeybee.load_params(model, {"proj": {"kernel": lin.weight.detach().numpy().T,
+    load_params(model, {"proj": {"kernel": lin.weight.detach().numpy().T,
                                           "bias": lin.bias.detach().numpy()}})
     got = model(jnp.asarray(x.numpy()))
     np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-5, atol=1e-5)
@@ -322,6 +323,6 @@ def test_attn_pool_connector_matches_torch_multihead_attention():
         "proj": {"kernel": sd["proj.weight"].T, "bias": sd["proj.bias"]},
     }
     model = conn.build_connector(cfg, rngs=nnx.Rngs(0))
-    honeybee.load_params(model, params)
+    load_params(model, params)
     got = model(jnp.asarray(x.numpy()))
     np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-5, atol=1e-5)
