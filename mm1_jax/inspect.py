@@ -129,17 +129,13 @@ def format_table(cfg, stats: dict) -> str:
     return "\n".join(lines)
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
-
-
 def main(argv):
     del argv
     from mm1_jax.config import validate
 
-    cfg = validate(_CONFIG.value)
+    cfg = validate(flags.FLAGS.config)
     stats = model_stats(cfg)
-    if _JSON.value:
+    if flags.FLAGS.json:
         print(json.dumps({k: (float(v) if isinstance(v, (float, np.floating)) else v)
                           for k, v in stats.items()}))
     else:
@@ -147,5 +143,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # Flags are defined here, not at import, so programs with their own --config can import
+    # model_stats.
+    config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+    flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
     flags.mark_flag_as_required("config")
     app.run(main)
