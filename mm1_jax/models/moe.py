@@ -60,7 +60,10 @@ def capacity(tokens_per_group: int, num_experts: int, top_k: int, factor: float)
 
 
 class MoEFeedForward(nnx.Module):
-    """Top-k routed SwiGLU experts. `__call__(x [B,S,D], mask [B,S]) -> (y [B,S,D], stats)`."""
+    """Top-k routed SwiGLU experts. `__call__(x [B,S,D], mask [B,S]) -> (y [B,S,D], stats)`.
+
+    y is in the compute dtype (`cfg.model.dtype`), like `layers.Linear`; stats are float32.
+    """
 
     def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         m = cfg.model.moe
@@ -148,14 +151,16 @@ class MoEFeedForward(nnx.Module):
         keep = choice * (slot < cap)[..., None]  # [g, s, k, e]
         slot_1h = jax.nn.one_hot(slot, cap, dtype=jnp.float32)  # out-of-range slots -> all 0
         keep_f = keep.astype(jnp.float32)
-        dispatch = jnp.einsum("gske,gskc->gsec", keep_f, slot_1h)
-        combine = jnp.einsum("gske,gsk,gskc->gsec", keep_f, gates, slot_1h)
+        # 0/1 entries, at most one 1 per (s, e): exact in bf16, so dispatch is built there.
+        dispatch = jnp.einsum("gske,gskc->gsec", keep_f.astype(self.dtype),
+                              slot_1h.astype(self.dtype))
+        combine = jnp.einsum("gske,gsk,gskc->gsec", keep_f, gates, slot_1h).astype(self.dtype)
 
         spec_in = ("exp", "batch", None, "embed")
         xg = constrain(x.astype(self.dtype), ("batch", None, "embed"))
-        xe = constrain(jnp.einsum("gsec,gsm->egcm", dispatch.astype(self.dtype), xg), spec_in)
+        xe = constrain(jnp.einsum("gsec,gsm->egcm", dispatch, xg), spec_in)
         ye = self._experts(xe, spec_in, ("exp", "batch", None, "mlp"))
-        y = jnp.einsum("gsec,egcm->gsm", combine.astype(self.dtype), ye)
+        y = jnp.einsum("gsec,egcm->gsm", combine, ye)
         y = constrain(y, ("batch", None, "embed"))
         return y.reshape(g * s, d)[:t], keep.sum().astype(jnp.float32)
 
