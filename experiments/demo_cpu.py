@@ -36,6 +36,7 @@ def get_config():
     c.train.batch_size = 8
     c.train.seq_len = 256
     c.train.log_every = 10
+    c.train.build_demo_data = True  # `python -m mm1_jax.train` builds demo_data/ when absent
     c.optim.lr = 3e-3
     c.optim.warmup_steps = 20
     c.checkpoint.every = 100

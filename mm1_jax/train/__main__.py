@@ -23,9 +23,19 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config"])
 
 
+class _LibraryInfoFilter(logging.logging.Filter):
+    """Drops INFO lines of Orbax and Grain (dozens per checkpoint); warnings still show."""
+
+    def filter(self, record):
+        noisy = any(f"{os.sep}{lib}{os.sep}" in record.pathname for lib in ("orbax", "grain"))
+        return record.levelno >= logging.logging.WARNING or not noisy
+
+
 def main(argv):
     del argv
     import jax
+
+    logging.get_absl_handler().addFilter(_LibraryInfoFilter())
 
     cfg = _CONFIG.value
     if cfg.train.compile_cache_dir:

@@ -44,6 +44,7 @@ class Checkpointer:
             cleanup_tmp_directories=True,
             create=True,
         )
+        self.every = c.every
         self.directory = os.path.abspath(directory)
         self.manager = ocp.CheckpointManager(
             self.directory, options=options,
@@ -56,7 +57,8 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def should_save(self, step: int) -> bool:
-        return self.manager.should_save(step)
+        """Every `checkpoint.every` steps (Orbax's own policy would also save the first step)."""
+        return step % self.every == 0
 
     def save(self, step: int, state: TrainState, data_iterator: Any, *, force: bool = False) -> bool:
         """Starts saving `state` (after `step` steps) and the data position; returns at once
@@ -102,9 +104,3 @@ def restored_config(directory: str, step: int) -> dict:
                                item_handlers={"config": ocp.JsonCheckpointHandler()}) as m:
         return dict(m.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
 
-
-def sync_processes(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)

@@ -155,7 +155,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
     logging.info("starting at step %d of %d", start, cfg.train.steps)
 
     writer = MetricsWriter(workdir, total_steps=cfg.train.steps, start_step=start)
-    flops, (peak, peak_source) = _flops(cfg), peak_flops(cfg, mesh.devices.flat)
+    flops, (peak, peak_source) = model_flops_per_step(cfg), peak_flops(cfg, mesh.devices.flat)
     logging.info("peak %.3g FLOP/s (%s); model %.3g FLOPs per step", peak, peak_source, flops)
     tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
 
@@ -226,10 +226,3 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
         writer.close()
     return RunResult(step=end, preempted=preempted, last_metrics=last)
 
-
-def _flops(cfg: ml_collections.ConfigDict) -> float:
-    try:
-        return model_flops_per_step(cfg)
-    except ImportError:  # mm1_jax.inspect not available: MFU unknown
-        logging.warning("mm1_jax.inspect.model_stats unavailable; perf/mfu is NaN")
-        return float("nan")

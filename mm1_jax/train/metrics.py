@@ -15,54 +15,21 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
-
-# Dense bf16 peak FLOP/s per device, from the vendors' data sheets (no sparsity).
-PEAK_FLOPS = {
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v5": 459e12,
-    "TPU v6 lite": 918e12,
-    "TPU v6e": 918e12,
-    "NVIDIA H100": 989e12,
-    "NVIDIA H200": 989e12,
-    "NVIDIA A100": 312e12,
-}
-
-
-def measure_cpu_peak_flops(n: int = 1024, dtype=jnp.float32, repeats: int = 5) -> float:
-    """Sustained FLOP/s of one jitted n x n matmul on this host's CPU, best of `repeats`."""
-    a = jnp.ones((n, n), dtype)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f(a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
-
 
 def peak_flops(cfg: ml_collections.ConfigDict, devices) -> tuple[float, str]:
     """(peak FLOP/s of all `devices` together, where the figure comes from)."""
+    from mm1_jax.perf import device_peak_flops
+
     devices = list(devices)
     if cfg.train.peak_flops:
         return cfg.train.peak_flops * len(devices), "config.train.peak_flops"
-    kind = devices[0].device_kind
+    per_device, source = device_peak_flops(devices[0])
     if devices[0].platform == "cpu":
-        # Simulated CPU devices share the host's cores: the peak is per host, not per device.
-        hosts = len({d.process_index for d in devices})
-        return measure_cpu_peak_flops(dtype=jnp.dtype(cfg.model.dtype)) * hosts, "measured matmul"
-    for name, flops in PEAK_FLOPS.items():
-        if kind.startswith(name):
-            return flops * len(devices), f"data sheet ({name})"
-    logging.warning("unknown device %r: set config.train.peak_flops for perf/mfu", kind)
-    return float("nan"), "unknown"
+        # Simulated CPU devices share the host's cores: the measured peak is per host.
+        return per_device * len({d.process_index for d in devices}), source
+    return per_device * len(devices), source
 
 
 def model_flops_per_step(cfg: ml_collections.ConfigDict) -> float:

@@ -43,12 +43,13 @@ def map_paths(fn: Callable[[str, Any], Any], tree: Any) -> Any:
 
 
 def peak_learning_rate(cfg: ml_collections.ConfigDict) -> float:
-    """`optim.lr` if set, else MM1's eta(N) over the decoder's non-embedding parameters."""
+    """`optim.lr` if set, else MM1's eta(N) (eq. 1) with N = the decoder's non-embedding
+    parameters, MoE layers counted as their dense backbone (mm1_jax.inspect, `lr_params`)."""
     if cfg.optim.lr is not None:
         return float(cfg.optim.lr)
     from mm1_jax.inspect import model_stats
 
-    return peak_lr(model_stats(cfg)["non_embedding"])
+    return peak_lr(model_stats(cfg, with_flops=False)["lr_params"])
 
 
 def lr_schedule(cfg: ml_collections.ConfigDict, peak: float) -> Callable[[jax.Array], jax.Array]:

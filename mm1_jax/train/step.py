@@ -47,6 +47,9 @@ def _loss(params, batch: dict, num_loss_tokens: jax.Array, *, recipe, accum: int
         "data/placeholder_mismatch": aux["data/placeholder_mismatch"],
         "data/images": batch["image_mask"].sum().astype(jnp.int32),
     }
+    for key in ("truncated", "dropped"):  # items the packer cut or dropped (data pipeline)
+        if key in batch:
+            sums[f"data/{key}_items"] = batch[key].sum().astype(jnp.int32)
     if "kinds" in batch:
         for name, i in KIND_IDS.items():
             m = mask * (batch["kinds"] == i)

@@ -1,0 +1,80 @@
+"""Deterministic batches in the data contract's shapes (docs/DATA_TASK.md), for tests that must
+not depend on the data pipeline: batch k is a pure function of (seed, k, process shard)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+IMAGE_START, IMAGE_END = 4, 5  # any ids other than the placeholder; the model ignores them
+
+
+class SyntheticBatches:
+    """Iterator of per-process batches with `get_state`/`set_state` (bytes, as grain's Orbax
+    handler expects of a non-Grain iterator). Rows hold 1..max_images images, each written as
+    start, T placeholders, end, packed among random text, with two segments per row."""
+
+    def __init__(self, cfg, *, seed: int = 0, shard_index: int = 0, shard_count: int = 1,
+                 nan_from: int | None = None):
+        self.cfg, self.seed = cfg, seed
+        self.shard_index, self.shard_count = shard_index, shard_count
+        self.nan_from = nan_from  # batches from this index on carry NaN images
+        self.index = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = make_global_batch(self.cfg, self.seed, self.index)
+        if self.nan_from is not None and self.index >= self.nan_from:
+            batch["images"][:] = np.nan
+        self.index += 1
+        b = self.cfg.train.batch_size // self.shard_count
+        return {k: v[self.shard_index * b:(self.shard_index + 1) * b] for k, v in batch.items()}
+
+    def get_state(self) -> bytes:
+        return json.dumps({"index": self.index}).encode()
+
+    def set_state(self, state: bytes) -> None:
+        self.index = json.loads(state)["index"]
+
+    def start_prefetch(self) -> None:
+        pass
+
+
+def make_global_batch(cfg, seed: int, index: int) -> dict[str, np.ndarray]:
+    B, S = cfg.train.batch_size, cfg.train.seq_len
+    n_img, T = cfg.data.max_images, cfg.model.connector.num_tokens
+    size, vocab, img_id = cfg.model.vision.image_size, cfg.model.decoder.vocab_size, cfg.model.image_token_id
+    rng = np.random.default_rng([seed, index])
+    tokens = rng.integers(8, vocab, (B, S)).astype(np.int32)
+    image_mask = np.zeros((B, n_img), bool)
+    segment_ids = np.zeros((B, S), np.int32)
+    positions = np.zeros((B, S), np.int32)
+    kinds = np.zeros((B, S), np.int32)
+    for r in range(B):
+        k = int(rng.integers(1, n_img + 1)) if n_img else 0
+        k = min(k, (S // 2) // (T + 2))
+        pos = 1
+        for i in range(k):
+            tokens[r, pos] = IMAGE_START
+            tokens[r, pos + 1:pos + 1 + T] = img_id
+            tokens[r, pos + 1 + T] = IMAGE_END
+            pos += T + 2 + int(rng.integers(1, 4))
+        image_mask[r, :k] = True
+        used = int(rng.integers(S * 3 // 4, S + 1))
+        cut = int(rng.integers(pos + 1, used)) if pos + 1 < used else used
+        segment_ids[r, :cut], segment_ids[r, cut:used] = 1, 2
+        positions[r, :cut], positions[r, cut:used] = np.arange(cut), np.arange(used - cut)
+        kinds[r, :cut] = 1 if k else 3
+        kinds[r, cut:used] = int(rng.integers(2, 4))
+        tokens[r, used:] = 0
+    targets = np.roll(tokens, -1, axis=1)
+    nxt = np.roll(segment_ids, -1, axis=1)
+    loss_mask = ((segment_ids != 0) & (nxt == segment_ids) & (tokens != img_id)
+                 & (targets != img_id)).astype(np.float32)
+    images = rng.standard_normal((B, n_img, size, size, 3), np.float32)
+    images[~image_mask] = 0.0
+    return dict(tokens=tokens, targets=targets, loss_mask=loss_mask, segment_ids=segment_ids,
+                positions=positions, kinds=kinds, images=images, image_mask=image_mask)

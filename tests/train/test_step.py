@@ -1,0 +1,82 @@
+"""train_step on the real demo model (one CPU device): freezing, gradient accumulation, the
+non-finite guard, and the loop stopping on a streak of bad steps."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from mm1_jax.train import mesh as mesh_lib
+from mm1_jax.train.loop import TrainingError, train
+from mm1_jax.train.optimizer import flatten_paths
+from mm1_jax.train.state import create_train_state
+from mm1_jax.train.step import train_step
+from tests.train.synthetic import make_global_batch
+
+
+def _steps(cfg, batches):
+    mesh = mesh_lib.make_mesh(cfg)
+    state, _ = create_train_state(cfg, mesh)
+    init = jax.device_get(state.arrays())
+    out = []
+    with jax.set_mesh(mesh):
+        step = jax.jit(train_step)
+        for b in batches:
+            state, m = step(state, b)
+            out.append(jax.device_get(m))
+    return init, jax.device_get(state.arrays()), out
+
+
+def test_frozen_parameters_do_not_move(demo_cfg):
+    # The transfer recipe: encoder and decoder frozen, connector trained at 10x the rate.
+    demo_cfg.optim.freeze = (r"^vision/", r"^decoder/")
+    demo_cfg.optim.lr_mult = ((r"^connector/", 10.0),)
+    init, final, metrics = _steps(demo_cfg, [make_global_batch(demo_cfg, 0, i) for i in range(2)])
+    before, after = flatten_paths(init["params"]), flatten_paths(final["params"])
+    moved = {p for p in before if not np.array_equal(before[p], after[p])}
+    assert moved and all(p.startswith("connector/") for p in moved), sorted(moved)[:5]
+    assert all(p in moved for p in before if p.startswith("connector/") and "kernel" in p)
+    # No optimiser state for frozen parameters: the moments are exactly 2x the connector's size.
+    connector = sum(x.size for p, x in before.items() if p.startswith("connector/"))
+    assert sum(x.size for x in jax.tree.leaves(final["opt_state"]) if x.ndim) == 2 * connector
+    assert all(m["opt/skipped"] == 0 for m in metrics)
+
+
+def test_gradient_accumulation_is_the_same_objective(demo_cfg):
+    batches = [make_global_batch(demo_cfg, 0, i) for i in range(2)]
+    _, full, m_full = _steps(demo_cfg, batches)
+    demo_cfg.train.grad_accum = 2
+    _, accum, m_accum = _steps(demo_cfg, batches)
+    for a, b in zip(m_full, m_accum):
+        for key in ("loss/total", "loss/ce", "loss/caption", "opt/grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=2e-5), key
+    for p, x in flatten_paths(full["params"]).items():
+        np.testing.assert_allclose(x, flatten_paths(accum["params"])[p], atol=2e-5, err_msg=p)
+
+
+def test_non_finite_step_is_skipped_and_counted(demo_cfg):
+    good = make_global_batch(demo_cfg, 0, 0)
+    bad = make_global_batch(demo_cfg, 0, 1)
+    bad["images"][0, 0, 0, 0, 0] = np.nan
+    init, final, metrics = _steps(demo_cfg, [bad, bad])
+    assert [m["opt/skipped"] for m in metrics] == [1, 1]
+    assert [m["opt/bad_streak"] for m in metrics] == [1, 2]
+    assert final["step"] == 2 and final["skipped_steps"] == 2
+    jax.tree.map(np.testing.assert_array_equal, init["params"], final["params"])
+    jax.tree.map(np.testing.assert_array_equal, init["opt_state"], final["opt_state"])
+    _, _, metrics = _steps(demo_cfg, [bad, good])
+    assert [m["opt/bad_streak"] for m in metrics] == [1, 0]
+    # The skipped update did not advance the schedule: the good step uses the first rate.
+    assert metrics[1]["opt/lr"] == pytest.approx(demo_cfg.optim.lr / demo_cfg.optim.warmup_steps)
+
+
+def test_loop_stops_on_a_streak_of_non_finite_steps(demo_cfg, tmp_path):
+    from tests.train.synthetic import SyntheticBatches
+
+    demo_cfg.train.steps, demo_cfg.train.max_bad_steps, demo_cfg.train.log_every = 10, 3, 1
+    with pytest.raises(TrainingError, match=r"step 5: 3 consecutive steps had a non-finite"):
+        train(demo_cfg, str(tmp_path), iterator=SyntheticBatches(demo_cfg, nan_from=2))
+    rows = [json.loads(l) for l in open(os.path.join(tmp_path, "metrics.jsonl"))]
+    assert [r["opt/skipped_total"] for r in rows] == [0, 0, 1, 2]
