@@ -57,15 +57,21 @@ class Attention(nnx.Module):
         out_init = nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
         self.wo = layers.param(rngs, out_init, (d.heads, d.head_dim, d.width), ("heads", "head_dim", "embed"), pdt)
 
-    def __call__(self, x, positions, mask):
+    def __call__(self, x, positions, mask, kv=None, index=None):
+        """kv: optional cache (k, v) [b, T, g, k]; this call's keys land at slots index.. ."""
         x = x.astype(self.dtype)
         w = lambda p: p[...].astype(self.dtype)  # noqa: E731
         q = rope(jnp.einsum("btd,dnk->btnk", x, w(self.wq)), positions, self.theta)
         k = rope(jnp.einsum("bsd,dgk->bsgk", x, w(self.wk)), positions, self.theta)
         v = jnp.einsum("bsd,dgk->bsgk", x, w(self.wv))
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask)  # GQA: n is a multiple of g
+        if kv is not None:
+            at = (0, index, 0, 0)
+            k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), at)
+            v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), at)
+            kv = (k, v)
+        out = jax.nn.dot_product_attention(q, k.astype(self.dtype), v.astype(self.dtype), mask=mask)
         out = checkpoint_name(out, "attn_out")
-        return jnp.einsum("btnk,nkd->btd", out, w(self.wo))
+        return jnp.einsum("btnk,nkd->btd", out, w(self.wo)), kv
 
 
 class SwiGLU(nnx.Module):
@@ -98,15 +104,16 @@ class Block(nnx.Module):
         else:
             self.ffn = SwiGLU(cfg, rngs=rngs)
 
-    def __call__(self, x, positions, mask, token_mask, train: bool):
-        x = x + self.attn(self.attn_norm(x), positions, mask)
+    def __call__(self, x, positions, mask, token_mask, train: bool, kv=None, index=None):
+        y, kv = self.attn(self.attn_norm(x), positions, mask, kv, index)
+        x = x + y
         h = self.ffn_norm(x)
         if self.sparse:
             y, stats = self.ffn(h, token_mask, train=train)
         else:
             y, stats = self.ffn(h), {}
         x = constrain((x + y).astype(x.dtype), ("batch", "seq", None))
-        return x, stats
+        return x, stats, kv
 
 
 class Period(nnx.Module):
@@ -118,12 +125,17 @@ class Period(nnx.Module):
         self.blocks = nnx.List(
             [Block(cfg, sparse=sparse and i == n - 1, rngs=rngs) for i in range(n)])
 
-    def __call__(self, x, positions, mask, token_mask, train: bool):
-        stats = {}
-        for blk in self.blocks:
-            x, s = blk(x, positions, mask, token_mask, train)
+    def __call__(self, x, positions, mask, token_mask, train: bool, kv=None, index=None):
+        """kv: None or a cache (k, v), each [blocks, b, T, g, k]."""
+        stats, new_kv = {}, []
+        for i, blk in enumerate(self.blocks):
+            x, s, blk_kv = blk(x, positions, mask, token_mask, train,
+                               None if kv is None else (kv[0][i], kv[1][i]), index)
             stats = s or stats
-        return x, stats
+            new_kv.append(blk_kv)
+        if kv is not None:
+            kv = (jnp.stack([c[0] for c in new_kv]), jnp.stack([c[1] for c in new_kv]))
+        return x, stats, kv
 
 
 class Decoder(nnx.Module):
@@ -156,24 +168,50 @@ class Decoder(nnx.Module):
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
                  train: bool = True):
         """x: [b, t, d] input embeddings -> (logits [b, t, V], per-period MoE stats)."""
-        mask = attention_mask(segment_ids)
-        token_mask = segment_ids != 0
+        logits, stats, _ = self._forward(x, positions, attention_mask(segment_ids), segment_ids != 0,
+                                         train, None, None)
+        return logits, stats
 
-        def period(p, h):
-            return p(h, positions, mask, token_mask, train)
+    def init_cache(self, batch: int, length: int, dtype=None):
+        """An empty KV cache (k, v), each [periods, blocks, batch, length, kv_heads, head_dim]."""
+        wk = self.periods.blocks[0].attn.wk
+        periods, _, g, k = wk.shape
+        blocks = len(self.periods.blocks)
+        shape = (periods, blocks, batch, length, g, k)
+        return (jnp.zeros(shape, dtype or self.dtype), jnp.zeros(shape, dtype or self.dtype))
+
+    def forward_with_cache(self, x, positions, key_valid, cache, index, train: bool = False):
+        """Runs x [b, t, d] at cache slots index..index+t-1 (prefill: t > 1; decode: t = 1).
+
+        key_valid: [b, T] marks cache slots holding real tokens (this call's included): rows of
+        a batch are left-padded to one length, so padding slots never receive attention.
+        Returns (logits [b, t, V], updated cache).
+        """
+        t, length = x.shape[1], key_valid.shape[1]
+        q_slot = index + jnp.arange(t)
+        k_slot = jnp.arange(length)
+        causal = k_slot[None, :] <= q_slot[:, None]
+        mask = (causal[None] & key_valid[:, None, :]) | (k_slot[None, :] == q_slot[:, None])[None]
+        token_mask = jax.lax.dynamic_slice_in_dim(key_valid, index, t, axis=1)
+        logits, _, cache = self._forward(x, positions, mask[:, None], token_mask, train, cache, index)
+        return logits, cache
+
+    def _forward(self, x, positions, mask, token_mask, train, kv, index):
+        def period(p, h, kv):
+            return p(h, positions, mask, token_mask, train, kv, index)
 
         period = layers.remat(period, self.remat_policy)
 
-        @nnx.scan(in_axes=(0, nnx.Carry), out_axes=(nnx.Carry, 0),
+        @nnx.scan(in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0, 0),
                   transform_metadata={nnx.PARTITION_NAME: "layers"})
-        def run(p, h):
-            h, stats = period(p, h)
-            return h, stats
+        def run(p, h, kv):
+            h, stats, kv = period(p, h, kv)
+            return h, stats, kv
 
-        x, stats = run(self.periods, constrain(x, ("batch", "seq", None)))
+        x, stats, kv = run(self.periods, constrain(x, ("batch", "seq", None)), kv)
         x = self.final_norm(x)
         if self.tie:
             logits = jnp.einsum("btd,vd->btv", x, self.embed[...].astype(self.dtype))
         else:
             logits = self.lm_head(x)
-        return logits, stats
+        return logits, stats, kv

@@ -59,6 +59,13 @@ class MM1Model(nnx.Module):
         tokens = self.connector(patches)
         return tokens.reshape(b, n, *tokens.shape[1:])
 
+    def embed_inputs(self, tokens: jax.Array, images: jax.Array | None) -> jax.Array:
+        """Token embeddings [b, s, D] with each image's tokens in its placeholder run."""
+        x = self.decoder.embed_tokens(tokens)
+        if images is not None and images.shape[1] > 0:
+            x = merge_image_embeddings(x, tokens, self.encode_images(images), self.image_token_id)
+        return x
+
     def __call__(self, batch: dict, train: bool = True):
         """batch: tokens/positions/segment_ids [b, s], images [b, n_img, H, W, 3], image_mask [b, n_img].
 
@@ -73,10 +80,7 @@ class MM1Model(nnx.Module):
                 f"image_mask.sum() x {self.tokens_per_image} by {np.asarray(mismatch)[rows].tolist()}; "
                 "each valid image needs exactly connector.num_tokens placeholders")
 
-        x = self.decoder.embed_tokens(tokens)
-        images = batch.get("images")
-        if images is not None and images.shape[1] > 0:
-            x = merge_image_embeddings(x, tokens, self.encode_images(images), self.image_token_id)
+        x = self.embed_inputs(tokens, batch.get("images"))
         logits, stats = self.decoder(x, batch["positions"], batch["segment_ids"], train=train)
 
         aux = {"data/placeholder_mismatch": (mismatch != 0).sum().astype(jnp.int32)}

@@ -1,0 +1,141 @@
+"""Batched generation for the MM1 model: a KV-cached prefill, then a jit-compiled decode loop.
+
+Prompts are left-padded to one length so every row writes its next token to the same cache
+slot; padding slots are masked out of attention and RoPE positions count real tokens only, so a
+row generates exactly what it would generate alone. The whole decode loop is one
+`jax.lax.fori_loop` inside one jit: no recompilation per token (one compile per prompt length,
+batch size and `max_new_tokens`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mm1_jax.models.mm1 import MM1Model, PlaceholderMismatchError, placeholder_mismatch
+
+
+def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int):
+    length = max(len(p) for p in prompts)
+    if length == 0:
+        raise ValueError("every prompt is empty; generation needs at least one token")
+    tokens = np.full((len(prompts), length), pad_id, np.int32)
+    valid = np.zeros((len(prompts), length), bool)
+    for i, p in enumerate(prompts):
+        if len(p):
+            tokens[i, length - len(p):], valid[i, length - len(p):] = p, True
+    return tokens, valid
+
+
+def _pick(logits, rng, temperature, image_token_id):
+    """Greedy (temperature 0) or sampled next token from logits [b, V].
+
+    The image placeholder is never generated: the model reads images, it does not write them.
+    """
+    logits = logits.at[:, image_token_id].set(-jnp.inf)
+    if temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(rng, logits.astype(jnp.float32) / temperature).astype(jnp.int32)
+
+
+def _cut(rows: np.ndarray, stop_ids: Sequence[int]) -> list[list[int]]:
+    out = []
+    for row in rows.tolist():
+        stops = [i for i, t in enumerate(row) if t in stop_ids]
+        out.append(row[:stops[0]] if stops else row)
+    return out
+
+
+def _check_placeholders(model: MM1Model, tokens, image_mask):
+    bad = np.asarray(placeholder_mismatch(tokens, image_mask, model.image_token_id, model.tokens_per_image))
+    if bad.any():
+        raise PlaceholderMismatchError(
+            f"prompts {np.flatnonzero(bad).tolist()} have placeholder counts that differ from "
+            f"image_mask.sum() x {model.tokens_per_image} by {bad[bad != 0].tolist()}")
+
+
+def generate(model: MM1Model, prompts: Sequence[Sequence[int]], images: np.ndarray,
+             image_mask: np.ndarray, *, max_new_tokens: int, stop_ids: Sequence[int], pad_id: int,
+             temperature: float = 0.0, rng: jax.Array | None = None,
+             use_cache: bool = True) -> list[list[int]]:
+    """Continues each prompt; returns the new tokens of each row, cut before the first stop id.
+
+    prompts: token lists that already hold image placeholder runs; images: [b, n_img, H, W, 3]
+    normalised as the data pipeline does; image_mask: [b, n_img]. `use_cache=False` recomputes
+    the whole sequence every step (a reference for tests; same results, quadratic cost).
+    """
+    tokens, valid = _left_pad(prompts, pad_id)
+    image_mask = np.asarray(image_mask, bool)
+    _check_placeholders(model, tokens, image_mask)
+    if temperature > 0 and rng is None:
+        raise ValueError("sampling (temperature > 0) needs an rng key")
+    rng = rng if rng is not None else jax.random.key(0)
+    images = jnp.asarray(images, jnp.float32)
+    fn = _decode_cached if use_cache else _decode_uncached
+    graphdef, state = nnx.split(model)
+    out = fn(graphdef, state, jnp.asarray(tokens), jnp.asarray(valid), images, rng,
+             max_new_tokens, float(temperature))
+    return _cut(np.asarray(out), set(stop_ids))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 6, 7))
+def _decode_cached(graphdef, state, tokens, valid, images, rng, max_new, temperature):
+    model = nnx.merge(graphdef, state)
+    dec = model.decoder
+    b, length = tokens.shape
+    total = length + max_new
+    positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
+    key_valid = jnp.zeros((b, total), bool).at[:, :length].set(valid)
+    cache = dec.init_cache(b, total)
+    x = model.embed_inputs(tokens, images)
+    logits, cache = dec.forward_with_cache(x, positions, key_valid, cache, 0)
+    next_pos = positions[:, -1] + 1
+    rngs = jax.random.split(rng, max_new)
+    first = _pick(logits[:, -1], rngs[0], temperature, model.image_token_id)
+    out = jnp.zeros((b, max_new), jnp.int32).at[:, 0].set(first)
+
+    # Modules cannot cross into the loop's trace: the decoder's state rides in the carry.
+    dec_graph, dec_state = nnx.split(dec)
+
+    def step(i, carry):
+        out, cache, key_valid, dec_state = carry
+        dec = nnx.merge(dec_graph, dec_state)
+        slot = length + i - 1  # slot of the token generated at step i - 1
+        key_valid = key_valid.at[:, slot].set(True)
+        x = dec.embed_tokens(jax.lax.dynamic_slice_in_dim(out, i - 1, 1, axis=1))
+        logits, cache = dec.forward_with_cache(x, (next_pos + i - 1)[:, None], key_valid, cache, slot)
+        nxt = _pick(logits[:, 0], rngs[i], temperature, image_token_id)
+        return out.at[:, i].set(nxt), cache, key_valid, dec_state
+
+    image_token_id = model.image_token_id
+    out, *_ = jax.lax.fori_loop(1, max_new, step, (out, cache, key_valid, dec_state))
+    return out
+
+
+@functools.partial(jax.jit, static_argnums=(0, 6, 7))
+def _decode_uncached(graphdef, state, tokens, valid, images, rng, max_new, temperature):
+    b, length = tokens.shape
+    total = length + max_new
+    buf = jnp.zeros((b, total), jnp.int32).at[:, :length].set(tokens)
+    seg = jnp.zeros((b, total), jnp.int32).at[:, :length].set(valid.astype(jnp.int32))
+    rngs = jax.random.split(rng, max_new)
+    image_mask = jnp.ones(images.shape[:2], bool)  # placeholders were checked on the host
+
+    def step(i, carry):
+        buf, seg, state = carry
+        model = nnx.merge(graphdef, state)
+        positions = jnp.maximum(jnp.cumsum(seg, axis=1) - 1, 0)
+        batch = {"tokens": buf, "positions": positions, "segment_ids": seg, "images": images,
+                 "image_mask": image_mask}
+        logits, _ = model(batch, train=False)
+        nxt = _pick(jax.lax.dynamic_index_in_dim(logits, length + i - 1, 1, keepdims=False), rngs[i], temperature,
+                    model.image_token_id)
+        return buf.at[:, length + i].set(nxt), seg.at[:, length + i].set(1), state
+
+    buf, *_ = jax.lax.fori_loop(0, max_new, step, (buf, seg, state))
+    return buf[:, length:]
