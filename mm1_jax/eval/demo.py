@@ -1,0 +1,137 @@
+"""The demo evaluation: what the tiny model learned from the embedded corpus (mm1_jax.data.demo),
+measured on held-out material only.
+
+    demo/caption_acc_0shot  held-out digit images, MM1's `{IMAGE} A photo of`: the fraction whose
+                            generated caption names the right digit (its first digit word).
+    demo/named_acc_4shot    held-out "named" episodes: 4 images given made-up names in context,
+                            then a query image and "This is a"; the fraction whose generated
+                            first word is the query's name. Names are drawn afresh per episode,
+                            so only reading the context can solve it.
+    demo/named_chance       what reading the context without the query image achieves: the query
+                            digit is drawn uniformly from the episode's n_ways digits, so choosing
+                            any of the named digits is right 1 / n_ways of the time.
+    demo/text_ppl           perplexity of held-out Python-documentation paragraphs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from mm1_jax.data import records
+from mm1_jax.data import demo as demo_data
+from mm1_jax.eval import inference, prompts, readers
+
+_DIGIT = re.compile(r"\b(" + "|".join(demo_data.DIGIT_WORDS) + r")\b")
+_WORD = re.compile(r"[A-Za-z]+")
+METRICS = ("demo/caption_acc_0shot", "demo/named_acc_4shot", "demo/named_chance", "demo/text_ppl")
+
+
+def first_digit_word(text: str) -> str | None:
+    m = _DIGIT.search(text.lower())
+    return m.group(1) if m else None
+
+
+def first_word(text: str) -> str | None:
+    m = _WORD.search(text)
+    return m.group(0).lower() if m else None
+
+
+def _tokenizer(cfg, data_dir: str):
+    from mm1_jax.data.tokenizer import Tokenizer
+
+    return Tokenizer(cfg.data.tokenizer or os.path.join(data_dir, "tokenizer.model"))
+
+
+def _heldout(data_dir: str, name: str) -> list[records.Record]:
+    path = os.path.join(data_dir, "heldout", f"{name}.array_record")
+    if not os.path.exists(path):
+        raise readers.EvalDataError(
+            f"{path} does not exist: {data_dir} is not a complete demo corpus; build it with "
+            f"`python -m mm1_jax.data.demo --output={data_dir}`")
+    return list(records.read_records(path))
+
+
+def caption_items(cfg, tok, data_dir: str, limit: int | None = None):
+    """(prompt items, digit words) of the held-out captioning set (one per held-out image)."""
+    meta = demo_data.load_heldout(data_dir)
+    label = dict(zip(meta["heldout_image_ids"], meta["heldout_labels"]))
+    items, words = [], []
+    for r in _heldout(data_dir, "caption")[:limit]:
+        image = next(s["image"] for s in r.segments if "image" in s)
+        ids, imgs = prompts.tokenize(prompts.render(prompts.CAPTION_PROMPT, image), tok,
+                                     cfg.model.connector.num_tokens)
+        items.append(inference.PromptItem(ids, imgs))
+        words.append(demo_data.DIGIT_WORDS[label[int(r.id.split("-")[1])]])  # id digit-<i>-t<k>
+    return items, words
+
+
+def named_items(cfg, tok, data_dir: str, limit: int | None = None):
+    """(prompt items, answers, chance per episode) of the held-out named episodes: each episode
+    up to its last "This is a", the name cut off."""
+    answers = {a["id"]: a for a in demo_data.load_heldout(data_dir)["heldout_named"]}
+    items, names, chance = [], [], []
+    for r in _heldout(data_dir, "named")[:limit]:
+        info = answers[r.id]
+        segments = list(r.segments[:-1]) + [{"text": demo_data.NAMED_QUERY}]
+        if r.segments[-1].get("text") != demo_data.NAMED_SHOT.format(name=info["answer"]):
+            raise readers.EvalDataError(f"named episode {r.id} does not end with its answer "
+                                        f"{info['answer']!r}; rebuild the demo corpus")
+        ids, imgs = prompts.tokenize(segments, tok, cfg.model.connector.num_tokens)
+        items.append(inference.PromptItem(ids, imgs))
+        names.append(info["answer"])
+        chance.append(1.0 / len(info["names"]))
+    return items, names, chance
+
+
+def caption_demo_images(model, cfg, data_dir: str, n: int = 16, batch_size: int = 16):
+    """[(png bytes, digit word, generated caption)] for the first n held-out images (notebooks)."""
+    tok = _tokenizer(cfg, data_dir)
+    items, words = caption_items(cfg, tok, data_dir, limit=n)
+    texts = inference.generate_texts(model, tok, items, readers.image_loader(cfg),
+                                     max_new_tokens=10, batch_size=min(batch_size, n),
+                                     image_size=cfg.model.vision.image_size)
+    return [(it.images[0], w, t) for it, w, t in zip(items, words, texts)]
+
+
+def evaluate_demo(model, cfg, data_dir: str | None = None, *, batch_size: int = 32,
+                  limit: int | None = None) -> dict[str, float]:
+    """The four demo metrics (METRICS) of `model` on the held-out part of the demo corpus.
+
+    data_dir: the corpus (default cfg.data.dir); limit: score only the first n items of each set
+    (quick checks; the reported figures use all of them).
+    """
+    from mm1_jax.data.examples import make_item
+    from mm1_jax.data.pipeline import item_spec
+
+    data_dir = data_dir or cfg.data.dir
+    tok = _tokenizer(cfg, data_dir)
+    load = readers.image_loader(cfg)
+    size = cfg.model.vision.image_size
+    gen = dict(batch_size=batch_size, image_size=size)
+
+    items, words = caption_items(cfg, tok, data_dir, limit)
+    texts = inference.generate_texts(model, tok, items, load, max_new_tokens=10, **gen)
+    caption_acc = sum(first_digit_word(t) == w for t, w in zip(texts, words)) / len(words)
+
+    items, names, chance = named_items(cfg, tok, data_dir, limit)
+    texts = inference.generate_texts(model, tok, items, load, max_new_tokens=6, **gen)
+    named_acc = sum(first_word(t) == a for t, a in zip(texts, names)) / len(names)
+
+    spec = item_spec(cfg)
+    text_items = [make_item(r, tok, spec) for r in _heldout(data_dir, "text")[:limit]]
+    ppl, _ = inference.text_perplexity(model, text_items, batch_size=batch_size,
+                                       seq_len=spec.seq_len, pad_id=tok.pad_id, image_size=size)
+    return {"demo/caption_acc_0shot": caption_acc, "demo/named_acc_4shot": named_acc,
+            "demo/named_chance": sum(chance) / len(chance), "demo/text_ppl": ppl}
+
+
+def format_table(metrics: dict[str, float]) -> str:
+    """The demo's closing table (what README shows)."""
+    rows = [("zero-shot digit captioning accuracy", f"{metrics['demo/caption_acc_0shot']:.1%}"),
+            ("4-shot made-up-name accuracy", f"{metrics['demo/named_acc_4shot']:.1%}"),
+            ("  chance (1 / names in context)", f"{metrics['demo/named_chance']:.1%}"),
+            ("held-out text perplexity", f"{metrics['demo/text_ppl']:.2f}")]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"| {'held-out metric'.ljust(width)} | value |", f"|{'-' * (width + 2)}|-------|"]
+    return "\n".join(lines + [f"| {a.ljust(width)} | {b.rjust(5)} |" for a, b in rows])

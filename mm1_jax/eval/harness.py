@@ -1,0 +1,224 @@
+"""The evaluation harness: captioning (CIDEr), VQA (VQA accuracy) at 0/4/8 shots, text perplexity,
+and the demo metrics, for a model in memory (`run_eval`, what the trainer calls every K steps) or a
+checkpoint (`load_model`, used by `python -m mm1_jax.eval`).
+
+Metric names: `<caption_name>/cider_<k>shot`, `<vqa_name>/accuracy_<k>shot` (a fraction; MM1's
+tables show percentages), `text/ppl`, and the demo's `demo/*` (mm1_jax.eval.demo).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+from mm1_jax.eval import fewshot, inference, metrics, prompts, readers
+
+
+@dataclasses.dataclass
+class EvalTasks:
+    """What to evaluate. Unset paths skip their task."""
+
+    caption_annotations: str | None = None  # COCO-format captions JSON
+    caption_images: str | None = None  # folder with the images it names
+    caption_name: str = "coco"
+    vqa_questions: str | None = None  # VQAv2-format questions JSON
+    vqa_annotations: str | None = None  # VQAv2-format annotations JSON
+    vqa_images: str | None = None
+    vqa_name: str = "vqav2"
+    text: tuple[str, ...] = ()  # held-out text: record shards/dirs, .jsonl ("text"), plain files
+    demo: bool | None = None  # the demo metrics; None = when data.dir holds a demo corpus
+    shots: tuple[int, ...] = (0, 4, 8)
+    support_fraction: float = 0.5  # share of images (per file) that serve as in-context examples
+    limit: int | None = None  # first n examples of each file (quick runs)
+    seed: int = 0
+    batch_size: int = 8
+    caption_max_new_tokens: int = 20
+    vqa_max_new_tokens: int = 10
+
+    def __post_init__(self):
+        if bool(self.caption_annotations) != bool(self.caption_images):
+            raise ValueError("captioning needs both caption_annotations (--captions) and "
+                             "caption_images (--caption_images)")
+        vqa = (self.vqa_questions, self.vqa_annotations, self.vqa_images)
+        if any(vqa) and not all(vqa):
+            raise ValueError("VQA needs vqa_questions, vqa_annotations and vqa_images "
+                             "(--vqa_questions, --vqa_annotations, --vqa_images)")
+        if any(k < 0 for k in self.shots):
+            raise ValueError(f"shots {self.shots} must be >= 0")
+
+
+def _split(examples, tasks: EvalTasks):
+    if max(tasks.shots) == 0:
+        return [], examples
+    support, query = fewshot.split_support(examples, lambda e: e.image_id,
+                                           tasks.support_fraction, tasks.seed)
+    if not query:
+        raise readers.EvalDataError("no query examples are left after taking the support split; "
+                                    "lower support_fraction or give more annotations")
+    return support, query
+
+
+def evaluate_captions(model, cfg, tok, examples: list[readers.CaptionExample],
+                      tasks: EvalTasks) -> dict[str, float]:
+    """CIDEr of generated captions at each shot count, on the query part of `examples`.
+
+    In-context examples show one of their image's reference captions (the first).
+    """
+    support, query = _split(examples, tasks)
+    out = {}
+    for k in tasks.shots:
+        items = []
+        for q in query:
+            shots = fewshot.choose_shots(support, k, q.image_id, q.image_id,
+                                         lambda e: e.image_id, tasks.seed)
+            segs = prompts.few_shot(prompts.CAPTION_PROMPT,
+                                    [(s.image_path, s.references[0], {}) for s in shots],
+                                    q.image_path)
+            items.append(inference.PromptItem(*prompts.tokenize(segs, tok, cfg.model.connector.num_tokens)))
+        texts = inference.generate_texts(
+            model, tok, items, readers.image_loader(cfg), max_new_tokens=tasks.caption_max_new_tokens,
+            batch_size=tasks.batch_size, image_size=cfg.model.vision.image_size)
+        # the caption is what follows "A photo of": "a dog on a couch."
+        preds = {q.image_id: prompts.clean_answer(t) for q, t in zip(query, texts)}
+        score, _ = metrics.cider(preds, {q.image_id: q.references for q in query})
+        out[f"{tasks.caption_name}/cider_{k}shot"] = score
+    return out
+
+
+def evaluate_vqa(model, cfg, tok, examples: list[readers.VQAExample],
+                 tasks: EvalTasks) -> dict[str, float]:
+    """VQA accuracy of generated short answers at each shot count, on the query part.
+
+    In-context examples show the most common human answer of their question.
+    """
+    support, query = _split(examples, tasks)
+    out = {}
+    for k in tasks.shots:
+        items = []
+        for q in query:
+            shots = fewshot.choose_shots(support, k, q.question_id, q.image_id,
+                                         lambda e: e.image_id, tasks.seed)
+            segs = prompts.few_shot(
+                prompts.VQA_PROMPT,
+                [(s.image_path, max(s.answers, key=s.answers.count), {"QUESTION": s.question})
+                 for s in shots],
+                q.image_path, QUESTION=q.question)
+            items.append(inference.PromptItem(*prompts.tokenize(segs, tok, cfg.model.connector.num_tokens)))
+        texts = inference.generate_texts(
+            model, tok, items, readers.image_loader(cfg), max_new_tokens=tasks.vqa_max_new_tokens,
+            batch_size=tasks.batch_size, image_size=cfg.model.vision.image_size)
+        preds = {q.question_id: prompts.clean_answer(t) for q, t in zip(query, texts)}
+        acc, _ = metrics.vqa_accuracy(preds, {q.question_id: q.answers for q in query})
+        out[f"{tasks.vqa_name}/accuracy_{k}shot"] = acc
+    return out
+
+
+def evaluate_text(model, cfg, tok, paths: tuple[str, ...], tasks: EvalTasks) -> dict[str, float]:
+    """`text/ppl`: perplexity of held-out text, each document cut to train.seq_len tokens."""
+    from mm1_jax.data.examples import make_item
+    from mm1_jax.data.pipeline import item_spec
+    from mm1_jax.data.records import Record, text_segment
+    from mm1_jax.data.tokenizer import corpus_texts
+
+    spec = item_spec(cfg)
+    texts = [t for t in corpus_texts(list(paths)) if t.strip()][:tasks.limit]
+    items = [make_item(Record("text", str(i), "eval", [text_segment(t)]), tok, spec)
+             for i, t in enumerate(texts)]
+    ppl, _ = inference.text_perplexity(model, items, batch_size=tasks.batch_size,
+                                       seq_len=spec.seq_len, pad_id=tok.pad_id,
+                                       image_size=cfg.model.vision.image_size)
+    return {"text/ppl": ppl}
+
+
+def _is_demo_corpus(cfg) -> bool:
+    return bool(cfg.data.dir) and os.path.exists(os.path.join(cfg.data.dir, "heldout.json"))
+
+
+def run_eval(model, cfg, tasks: EvalTasks | None = None) -> dict[str, float]:
+    """Every task of `tasks` (default: the demo metrics when cfg.data.dir is a demo corpus) for
+    `model`; returns {metric name: value}. Pure apart from reading files: the caller logs."""
+    from mm1_jax.data.tokenizer import Tokenizer
+
+    tasks = tasks or EvalTasks()
+    if not cfg.data.tokenizer:
+        raise ValueError("config.data.tokenizer is not set; evaluation encodes prompts with the "
+                         "model's tokenizer")
+    tok = Tokenizer(cfg.data.tokenizer)
+    out: dict[str, float] = {}
+    if tasks.caption_annotations:
+        ex = readers.load_coco_captions(tasks.caption_annotations, tasks.caption_images, tasks.limit)
+        out.update(evaluate_captions(model, cfg, tok, ex, tasks))
+    if tasks.vqa_questions:
+        ex = readers.load_vqa(tasks.vqa_questions, tasks.vqa_annotations, tasks.vqa_images,
+                              tasks.limit)
+        out.update(evaluate_vqa(model, cfg, tok, ex, tasks))
+    if tasks.text:
+        out.update(evaluate_text(model, cfg, tok, tasks.text, tasks))
+    if tasks.demo or (tasks.demo is None and _is_demo_corpus(cfg)):
+        from mm1_jax.eval.demo import evaluate_demo
+
+        out.update(evaluate_demo(model, cfg, cfg.data.dir, batch_size=max(tasks.batch_size, 32),
+                                 limit=tasks.limit))
+    if not out:
+        raise ValueError("nothing to evaluate: give captions, VQA files or text (see "
+                         "`python -m mm1_jax.eval --help`), or a config whose data.dir is a demo "
+                         "corpus")
+    return out
+
+
+# ------------------------------------------------------------------------------ results, models
+
+
+def write_results(workdir: str, step: int, results: dict[str, float]) -> str:
+    """Writes `<workdir>/eval.json` ({"step": step, metric: value, ...}) and the metrics as
+    TensorBoard scalars at `step` in `<workdir>/tensorboard` (the trainer's event-file writer,
+    beside the training curves). Returns the JSON path."""
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "eval.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump({"step": int(step), **{k: float(v) for k, v in sorted(results.items())}}, f,
+                  indent=1)
+    os.replace(path + ".tmp", path)
+    tb = EventFileWriter(os.path.join(workdir, "tensorboard"), filename_suffix=".eval")
+    for tag, value in sorted(results.items()):
+        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag,
+                                                                       simple_value=float(value))])
+        tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+    tb.close()
+    return path
+
+
+def load_model(cfg, workdir: str, step: int | None = None, devices=None):
+    """(model, step, cfg) from `<workdir>/checkpoints` (the newest complete one, or `step`), placed
+    on `devices` (default all) in the shardings training uses; the returned cfg has the
+    tokenizer's ids resolved (as training resolves them)."""
+    from flax import nnx
+
+    from mm1_jax.train import mesh as mesh_lib
+    from mm1_jax.train.checkpoint import Checkpointer
+    from mm1_jax.train.loop import prepare_config
+    from mm1_jax.train.state import abstract_train_state
+
+    cfg = prepare_config(cfg)
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{directory} does not exist; pass the --workdir a training run "
+                                "wrote (python -m mm1_jax.train --workdir=...)")
+    mesh = mesh_lib.make_mesh(cfg, devices)
+    abstract, _ = abstract_train_state(cfg, mesh)
+    ckpt = Checkpointer(directory, cfg)
+    try:
+        available = list(ckpt.manager.all_steps())
+        step = ckpt.latest_step() if step is None else step
+        if step is None or step not in available:
+            raise FileNotFoundError(f"no complete checkpoint {'' if step is None else step} in "
+                                    f"{directory} (steps there: {sorted(available)})")
+        state = ckpt.restore(abstract, None, step)
+    finally:
+        ckpt.close()
+    return nnx.merge(state.recipe.graphdef, state.params), int(step), cfg
