@@ -171,7 +171,7 @@ class MoEFeedForward(nnx.Module):
         # Padding gets the id E and sorts after every real assignment, beyond the group sizes.
         expert_of = jnp.where(mask[:, None], top_i, e).reshape(t * k)
         order = jnp.argsort(expert_of, stable=True)
-        sizes = jnp.sum(jax.nn.one_hot(expert_of, e, dtype=jnp.int32), axis=0)  # id E -> 0 row
+        sizes = jnp.sum(jax.nn.one_hot(expert_of, e, dtype=jnp.int32), axis=0)  # one_hot(E) is all 0
         xs = x.astype(self.dtype)[order // k]  # [t*k, m], row r is token order[r] // k
         w0, w1, wo = (w[...].astype(self.dtype) for w in (self.wi_0, self.wi_1, self.wo))
         h = jax.nn.silu(jax.lax.ragged_dot(xs, w0, sizes)) * jax.lax.ragged_dot(xs, w1, sizes)
