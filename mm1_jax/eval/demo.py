@@ -20,6 +20,7 @@ import re
 
 from mm1_jax.data import records
 from mm1_jax.data import demo as demo_data
+from mm1_jax.data.examples import layout
 from mm1_jax.eval import inference, prompts, readers
 
 _DIGIT = re.compile(r"\b(" + "|".join(demo_data.DIGIT_WORDS) + r")\b")
@@ -101,9 +102,6 @@ def evaluate_demo(model, cfg, data_dir: str | None = None, *, batch_size: int = 
     data_dir: the corpus (default cfg.data.dir); limit: score only the first n items of each set
     (quick checks; the reported figures use all of them).
     """
-    from mm1_jax.data.examples import make_item
-    from mm1_jax.data.pipeline import item_spec
-
     data_dir = data_dir or cfg.data.dir
     tok = _tokenizer(cfg, data_dir)
     load = readers.image_loader(cfg)
@@ -118,10 +116,10 @@ def evaluate_demo(model, cfg, data_dir: str | None = None, *, batch_size: int = 
     texts = inference.generate_texts(model, tok, items, load, max_new_tokens=6, **gen)
     named_acc = sum(first_word(t) == a for t, a in zip(texts, names)) / len(names)
 
-    spec = item_spec(cfg)
-    text_items = [make_item(r, tok, spec) for r in _heldout(data_dir, "text")[:limit]]
-    ppl, _ = inference.text_perplexity(model, text_items, batch_size=batch_size,
-                                       seq_len=spec.seq_len, pad_id=tok.pad_id, image_size=size)
+    docs = [layout(r, tok, 0)[0] for r in _heldout(data_dir, "text")[:limit]]
+    ppl, _ = inference.text_perplexity(model, docs, batch_size=batch_size,
+                                       seq_len=cfg.train.seq_len, pad_id=tok.pad_id,
+                                       image_size=size)
     return {"demo/caption_acc_0shot": caption_acc, "demo/named_acc_4shot": named_acc,
             "demo/named_chance": sum(chance) / len(chance), "demo/text_ppl": ppl}
 

@@ -117,17 +117,12 @@ def evaluate_vqa(model, cfg, tok, examples: list[readers.VQAExample],
 
 def evaluate_text(model, cfg, tok, paths: tuple[str, ...], tasks: EvalTasks) -> dict[str, float]:
     """`text/ppl`: perplexity of held-out text, each document cut to train.seq_len tokens."""
-    from mm1_jax.data.examples import make_item
-    from mm1_jax.data.pipeline import item_spec
-    from mm1_jax.data.records import Record, text_segment
     from mm1_jax.data.tokenizer import corpus_texts
 
-    spec = item_spec(cfg)
     texts = [t for t in corpus_texts(list(paths)) if t.strip()][:tasks.limit]
-    items = [make_item(Record("text", str(i), "eval", [text_segment(t)]), tok, spec)
-             for i, t in enumerate(texts)]
-    ppl, _ = inference.text_perplexity(model, items, batch_size=tasks.batch_size,
-                                       seq_len=spec.seq_len, pad_id=tok.pad_id,
+    docs = [[tok.bos_id, *tok.encode(t), tok.eos_id] for t in texts]  # as examples.layout
+    ppl, _ = inference.text_perplexity(model, docs, batch_size=tasks.batch_size,
+                                       seq_len=cfg.train.seq_len, pad_id=tok.pad_id,
                                        image_size=cfg.model.vision.image_size)
     return {"text/ppl": ppl}
 

@@ -62,18 +62,18 @@ def _nll(graphdef, state, batch):
     return -(picked * batch["loss_mask"]).sum(), batch["loss_mask"].sum()
 
 
-def text_perplexity(model, items: Sequence[dict], *, batch_size: int, seq_len: int,
+def text_perplexity(model, docs: Sequence[Sequence[int]], *, batch_size: int, seq_len: int,
                     pad_id: int, image_size: int) -> tuple[float, int]:
-    """(perplexity, scored tokens) of text-only items from mm1_jax.data.examples.make_item:
-    exp of the mean next-token negative log-likelihood over their loss-mask tokens, each item
-    alone in its row, as the trainer's per-token cross-entropy would count them."""
-    items = [it for it in items if it["loss_mask"].any()]
-    if not items:
+    """(perplexity, scored tokens) of text-only token sequences (<s> ... </s>, as
+    mm1_jax.data.examples.layout writes them), each cut to seq_len and alone in its row: exp of
+    the mean negative log-likelihood of every next token inside a document, the targets the
+    trainer's loss counts for text."""
+    docs = [list(d[:seq_len]) for d in docs if len(d) > 1]
+    if not docs:
         raise ValueError("text perplexity: no held-out text tokens to score")
     graphdef, state = nnx.split(model)
     total, count = 0.0, 0.0
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
+    for start in range(0, len(docs), batch_size):
         b = {"tokens": np.full((batch_size, seq_len), pad_id, np.int32),
              "targets": np.full((batch_size, seq_len), pad_id, np.int32),
              "loss_mask": np.zeros((batch_size, seq_len), np.float32),
@@ -81,10 +81,10 @@ def text_perplexity(model, items: Sequence[dict], *, batch_size: int, seq_len: i
              "positions": np.zeros((batch_size, seq_len), np.int32),
              "images": np.zeros((batch_size, 0, image_size, image_size, 3), np.float32),
              "image_mask": np.zeros((batch_size, 0), bool)}
-        for r, it in enumerate(chunk):
-            n = len(it["tokens"])
-            b["tokens"][r, :n], b["targets"][r, :n] = it["tokens"], it["targets"]
-            b["loss_mask"][r, :n] = it["loss_mask"]
+        for r, doc in enumerate(docs[start:start + batch_size]):
+            n = len(doc)
+            b["tokens"][r, :n], b["targets"][r, :n - 1] = doc, doc[1:]
+            b["loss_mask"][r, :n - 1] = 1.0
             b["segment_ids"][r, :n], b["positions"][r, :n] = 1, np.arange(n)
         nll, n_tok = jax.device_get(_nll(graphdef, state, b))
         total, count = total + float(nll), count + float(n_tok)
