@@ -30,6 +30,7 @@ def setup(tmp_path_factory):
     tok = train_tokenizer(texts, 300, str(d / "tok.model"))
     cfg = load_config(os.path.join(ROOT, "experiments", "demo_cpu.py"))
     cfg.data.tokenizer, cfg.data.dir = str(d / "tok.model"), None
+    cfg.train.build_demo_data = False
     cfg.model.image_token_id = tok.image_id
     cfg.train.seq_len = 64
     cfg.data.max_images = 2
