@@ -131,5 +131,7 @@ def format_table(metrics: dict[str, float]) -> str:
             ("  chance (1 / names in context)", f"{metrics['demo/named_chance']:.1%}"),
             ("held-out text perplexity", f"{metrics['demo/text_ppl']:.2f}")]
     width = max(len(r[0]) for r in rows)
-    lines = [f"| {'held-out metric'.ljust(width)} | value |", f"|{'-' * (width + 2)}|-------|"]
-    return "\n".join(lines + [f"| {a.ljust(width)} | {b.rjust(5)} |" for a, b in rows])
+    vw = max(5, *(len(r[1]) for r in rows))
+    lines = [f"| {'held-out metric'.ljust(width)} | {'value'.rjust(vw)} |",
+             f"|{'-' * (width + 2)}|{'-' * (vw + 2)}|"]
+    return "\n".join(lines + [f"| {a.ljust(width)} | {b.rjust(vw)} |" for a, b in rows])
