@@ -35,6 +35,19 @@ def split_support(examples: Sequence[T], image_id: Callable[[T], object],
     return support, query
 
 
+def split_for_shots(examples: Sequence[T], image_id: Callable[[T], object], shots: Sequence[int],
+                    support_fraction: float, seed: int = 0) -> tuple[list[T], list[T]]:
+    """(support, query) for evaluating at every count in `shots`: all examples are queries when
+    only 0-shot is asked, else every count is scored on the same query part."""
+    if max(shots) == 0:
+        return [], list(examples)
+    support, query = split_support(examples, image_id, support_fraction, seed)
+    if not query:
+        raise ValueError("no query examples are left after taking the support split; lower "
+                         "support_fraction or give more annotations")
+    return support, query
+
+
 def choose_shots(support: Sequence[T], k: int, query_key: object, query_image: object,
                  image_id: Callable[[T], object], seed: int = 0) -> list[T]:
     """k examples of `support` for one query, none showing the query's image."""

@@ -50,14 +50,8 @@ class EvalTasks:
 
 
 def _split(examples, tasks: EvalTasks):
-    if max(tasks.shots) == 0:
-        return [], examples
-    support, query = fewshot.split_support(examples, lambda e: e.image_id,
-                                           tasks.support_fraction, tasks.seed)
-    if not query:
-        raise readers.EvalDataError("no query examples are left after taking the support split; "
-                                    "lower support_fraction or give more annotations")
-    return support, query
+    return fewshot.split_for_shots(examples, lambda e: e.image_id, tasks.shots,
+                                   tasks.support_fraction, tasks.seed)
 
 
 def evaluate_captions(model, cfg, tok, examples: list[readers.CaptionExample],
