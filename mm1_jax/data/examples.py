@@ -1,13 +1,12 @@
-"""One record -> one training item: token ids with image slots, shifted targets, loss mask, pixels.
+"""One record -> one training item: token ids with image slots, and the item's pixels.
 
 Layout of an item (n <= seq_len tokens):
 
     <s> text ... <img> <image> x T </img> text ... </s>
 
-`targets[t] = tokens[t + 1]` inside the item; the last token has no target (a packed row must not
-learn to predict the next document). The loss mask is 0 where the input or the target is an image
-token (<img>, <image>, </img>) and on the last token. Too long an item is cut: never inside an
-image block, at most `max_images` images, and an item left with nothing to learn is dropped.
+Targets and the loss mask are made per packed row (mm1_jax.data.packing.Collate), where segment
+boundaries are known. Too long an item is cut: never inside an image block, at most
+`max_images` images; an item left without text has nothing to learn and is dropped (counted).
 """
 
 from __future__ import annotations
@@ -67,40 +66,31 @@ def cut(n_tokens: int, starts: list[int], block_len: int, seq_len: int,
 
 
 def make_item(record: Record, tok: Tokenizer, spec: ItemSpec) -> dict:
-    """The item for one record, as numpy arrays (per-token [n], pixels uint8 [k, S, S, 3]).
+    """The item for one record: token ids [n] and its k images, uint8 [S, S, 3] each.
 
-    Keys: tokens, targets, loss_mask, kinds, image_slots (one entry per image, for the packer's
-    image budget), images, truncated (0/1), dropped (0/1: nothing left to learn after the cut).
+    Keys: tokens, image_slots (k ones, for the packer's image budget), images (list), kind
+    (1 interleaved, 2 caption, 3 text), truncated (0/1), dropped (0/1).
     """
     ids, starts = layout(record, tok, spec.tokens_per_image)
     block_len = spec.tokens_per_image + 2
     keep, k = cut(len(ids), starts, block_len, spec.seq_len, spec.max_images)
-    truncated = int(keep < len(ids))
-    tokens = np.asarray(ids[:keep], np.int32)
-
-    targets = np.full_like(tokens, tok.pad_id)
-    targets[:-1] = tokens[1:]
-    loss_mask = ((targets != tok.image_start_id) & (targets != tok.image_id)
-                 & (targets != tok.image_end_id) & (tokens != tok.image_id))
-    loss_mask[-1] = False
-    dropped = int(not loss_mask.any())
-
-    pixels = np.zeros((k, spec.image_size, spec.image_size, 3), np.uint8)
-    image_segments = [s for s in record.segments if "image" in s][:k]
-    for i, seg in enumerate(image_segments):
+    whole = keep == len(ids)
+    n_text = keep - 1 - k * block_len - int(whole)  # all but <s>, image blocks and </s>
+    dropped = int(n_text <= 0)
+    pixels = []  # the decoder's own arrays: the batch's float32 array is their only copy
+    for seg in [s for s in record.segments if "image" in s][:k]:
+        if dropped:
+            break
         try:
-            pixels[i] = image_lib.decode_resize(seg["image"], spec.image_size,
-                                                spec.interpolation, spec.resize_mode)
+            pixels.append(image_lib.decode_resize(seg["image"], spec.image_size,
+                                                  spec.interpolation, spec.resize_mode))
         except Exception:  # a converter validates every image; this guards hand-made shards
             dropped = 1
-            break
     return {
-        "tokens": tokens,
-        "targets": targets,
-        "loss_mask": loss_mask.astype(np.float32),
-        "kinds": np.full_like(tokens, KINDS.index(record.kind) + 1),
+        "tokens": np.asarray(ids[:keep], np.int32),
         "image_slots": np.ones(k, np.int32),
         "images": pixels,
-        "truncated": truncated,
+        "kind": KINDS.index(record.kind) + 1,
+        "truncated": int(not whole),
         "dropped": dropped,
     }

@@ -142,10 +142,3 @@ def decode_resize(data: bytes, size: int, interpolation: str = "bicubic",
         box = (0, 0, w, h)
     im = im.resize((size, size), INTERPOLATIONS[interpolation], box=box)
     return np.asarray(im, dtype=np.uint8)
-
-
-def normalizer(mean, std) -> tuple[np.ndarray, np.ndarray]:
-    """(scale, offset) such that uint8 x -> x * scale + offset == (x / 255 - mean) / std."""
-    mean = np.asarray(mean, np.float32)
-    std = np.asarray(std, np.float32)
-    return (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)

@@ -1,22 +1,22 @@
 """Packing items into fixed rows: Grain's first-fit packer plus the two steps around it.
 
-Grain's `FirstFitPackIterDataset` packs several features at once, each with its own capacity: the
-per-token features against `seq_len` and `image_slots` (one entry per image) against `max_images`.
+Grain's `FirstFitPackIterDataset` packs several features at once, each with its own capacity:
+`tokens` against `seq_len` and `image_slots` (one entry per image) against `max_images`.
 An item goes into the first open row where both fit, so it never splits and an item that would
 exceed a row's image budget goes to another row (a new one once all are full). Pixels travel
 beside the packer as a per-row list (a "meta feature") rather than inside it, so its buffers hold
-only small integer arrays; `finalize_row` lays them out as `images [max_images, S, S, 3]`.
+only small integer arrays; `Collate` lays them out as `images [b, max_images, S, S, 3]`.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import grain
 import numpy as np
 
-TOKEN_FEATURES = ("tokens", "targets", "loss_mask", "kinds")
-META_FEATURES = ("images", "truncated", "dropped_before")
+META_FEATURES = ("images", "kind", "truncated", "dropped_before")
 
 
 class _SkipDroppedIterator(grain.DatasetIterator):
@@ -40,7 +40,7 @@ class _SkipDroppedIterator(grain.DatasetIterator):
                 raise
             if item.pop("dropped"):
                 self._pending += 1
-                self._empty = {k: v[:0] if isinstance(v, np.ndarray) else 0
+                self._empty = {k: v[:0] if isinstance(v, (np.ndarray, list)) else 0
                                for k, v in item.items()}
                 continue
             item["dropped_before"], self._pending = self._pending, 0
@@ -64,45 +64,97 @@ class SkipDropped(grain.IterDataset):
 def pack(ds: grain.IterDataset, *, seq_len: int, max_images: int, num_bins: int, pad_id: int,
          seed: int) -> grain.IterDataset:
     """Packs items into rows of `seq_len` tokens and at most `max_images` images."""
-    length = {k: seq_len for k in TOKEN_FEATURES}
-    length["image_slots"] = max_images
-    padding = {"tokens": pad_id, "targets": pad_id, "loss_mask": 0, "kinds": 0, "image_slots": 0}
     return grain.experimental.FirstFitPackIterDataset(
-        SkipDropped(ds), length_struct=length, num_packing_bins=num_bins, seed=seed,
-        shuffle_bins=True, meta_features=META_FEATURES, padding_struct=padding)
+        SkipDropped(ds), length_struct={"tokens": seq_len, "image_slots": max_images},
+        num_packing_bins=num_bins, seed=seed, shuffle_bins=True, meta_features=META_FEATURES,
+        padding_struct={"tokens": pad_id, "image_slots": 0})
 
 
-def finalize_row(row: dict, max_images: int, image_size: int) -> dict:
-    """One packed row -> the batch schema (docs/data.md), images still uint8 [M, S, S, 3]."""
-    images = np.zeros((max_images, image_size, image_size, 3), np.uint8)
-    pixels = [p for p in row["images"] if len(p)]
-    if pixels:
-        stacked = np.concatenate(pixels)  # [n_img, S, S, 3], in token order
-        images[: len(stacked)] = stacked
-    return {
-        "tokens": row["tokens"],
-        "targets": row["targets"],
-        "loss_mask": row["loss_mask"],
-        "segment_ids": row["tokens_segment_ids"],
-        "positions": row["tokens_positions"],
-        "kinds": row["kinds"],
-        "images": images,
-        "image_mask": row["image_slots_segment_ids"] > 0,
-        # counters for the trainer's data/ metrics, not model inputs
-        "truncated": np.int32(sum(row["truncated"])),
-        "dropped": np.int32(sum(row["dropped_before"])),
-    }
+class Collate:
+    """Packed rows -> one batch in the schema of pipeline.make_iterator (a Grain batch_fn).
 
+    Targets are the next token within the segment; the loss mask is 1 where such a target exists
+    and neither the input is an image placeholder nor the target an image token (so never on
+    padding, inside image blocks, or from one document into the next). Both are computed here,
+    vectorised over the batch, where the packer has fixed the segment boundaries.
 
-def normalize_images(batch: dict, scale: np.ndarray, offset: np.ndarray) -> dict:
-    """uint8 images [b, M, S, S, 3] -> float32 (x/255 - mean)/std, empty slots 0.
-
-    Done once per batch, after stacking, so the float32 array (4x the bytes) is written once
-    and never copied.
+    Pixels go straight from each item's uint8 array into the batch's float32 array, normalised
+    on the way: the 4x larger float array is written once and never copied or stacked. Empty
+    image slots are 0. The float32 arrays are recycled: one is written again only once nothing
+    but this pool refers to it (its reference count says so), i.e. after the consumer dropped the
+    batch and every view of it. Fresh memory instead costs a page fault per 4 KiB, about as much
+    as the normalisation itself (benchmarks/data_throughput.py).
     """
-    u8 = batch["images"]
-    out = np.multiply(u8, scale, dtype=np.float32)
-    out += offset
-    out[~batch["image_mask"]] = 0.0
-    batch["images"] = out
-    return batch
+
+    def __init__(self, max_images: int, image_size: int, mean, std, *, pad_id: int,
+                 image_ids: tuple[int, int, int], pool: int = 4):
+        """`image_ids`: (<img>, <image>, </img>). `pool`: float32 arrays kept for reuse; cover
+        the batches a consumer holds at once (prefetched, current, and the previous one still
+        bound in a for-loop)."""
+        self.max_images, self.image_size, self.pool_size = max_images, image_size, pool
+        self.pad_id, self.image_ids = pad_id, tuple(image_ids)
+        mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        # (x / 255 - mean) / std == x * scale + offset; tiled along a pixel row so numpy's
+        # inner loop runs over S*3 values instead of broadcasting over 3 channels
+        self._scale = np.tile(1.0 / (255.0 * std), image_size).astype(np.float32)
+        self._offset = np.tile(-mean / std, image_size).astype(np.float32)
+        self._pool: list[np.ndarray] = []  # recycled images arrays ...
+        self._written: list[np.ndarray] = []  # ... and which of their slots hold pixels
+
+    def __getstate__(self):  # worker processes start with an empty pool
+        return {**self.__dict__, "_pool": [], "_written": []}
+
+    def __call__(self, rows: list[dict]) -> dict:
+        tokens = np.stack([r["tokens"] for r in rows])  # [b, S]
+        seg = np.stack([r["tokens_segment_ids"] for r in rows])
+        same = np.zeros(seg.shape, bool)  # does token t+1 belong to t's item?
+        same[:, :-1] = (seg[:, 1:] == seg[:, :-1]) & (seg[:, :-1] > 0)
+        targets = np.full_like(tokens, self.pad_id)
+        targets[:, :-1] = np.where(same[:, :-1], tokens[:, 1:], self.pad_id)
+        start, image, end = self.image_ids
+        loss = same & (tokens != image) & (targets != start) & (targets != image) & (targets != end)
+        # kind of each segment: the packer appends items (and their meta values) in order
+        kinds = np.stack([np.array([0, *r["kind"]], np.int32)[s] for r, s in zip(rows, seg)])
+        mask = np.stack([r["image_slots_segment_ids"] > 0 for r in rows])
+        return {
+            "tokens": tokens,
+            "targets": targets,
+            "loss_mask": loss.astype(np.float32),
+            "segment_ids": seg,
+            "positions": np.stack([r["tokens_positions"] for r in rows]),
+            "kinds": kinds,
+            "images": self._pixels(rows, mask),
+            "image_mask": mask,
+            # counters for the trainer's data/ metrics, not model inputs
+            "truncated": np.array([sum(r["truncated"]) for r in rows], np.int32),
+            "dropped": np.array([sum(r["dropped_before"]) for r in rows], np.int32),
+        }
+
+    def _pixels(self, rows: list[dict], mask: np.ndarray) -> np.ndarray:
+        s = self.image_size
+        images, written = self._recycled(len(rows))
+        images[written & ~mask] = 0.0  # slots a previous batch filled and this one does not
+        written[...] = mask
+        for i, row in enumerate(rows):
+            k = 0
+            for item_pixels in row["images"]:  # per item: uint8 [S, S, 3] each, in token order
+                for p in item_pixels:
+                    out = images[i, k].reshape(s, s * 3)
+                    np.copyto(out, p.reshape(s, s * 3))  # a plain cast is the fastest pass
+                    out *= self._scale
+                    out += self._offset
+                    k += 1
+        return images
+
+    def _recycled(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+        for j in range(len(self._pool)):
+            # 2 = the pool's reference + getrefcount's argument: nobody else holds it
+            if self._pool[j].shape[0] == b and sys.getrefcount(self._pool[j]) == 2:
+                return self._pool[j], self._written[j]
+        s = self.image_size
+        images = np.zeros((b, self.max_images, s, s, 3), np.float32)
+        written = np.zeros((b, self.max_images), bool)
+        if len(self._pool) < self.pool_size:
+            self._pool.append(images)
+            self._written.append(written)
+        return images, written

@@ -14,7 +14,6 @@ come (see `save_state` / `restore_state`, and docs/data.md for the trainer's Che
 
 from __future__ import annotations
 
-import functools
 import os
 
 import grain
@@ -126,11 +125,10 @@ def make_dataset(cfg, *, shard_index: int, shard_count: int) -> grain.IterDatase
     b = cfg.train.batch_size // shard_count
     packed = packing.pack(items, seq_len=spec.seq_len, max_images=spec.max_images,
                           num_bins=max(d.packing_bins, b), pad_id=tok.pad_id, seed=d.shuffle_seed)
-    rows = packed.map(functools.partial(packing.finalize_row, max_images=spec.max_images,
-                                        image_size=spec.image_size))
-    scale, offset = images.normalizer(cfg.model.vision.mean, cfg.model.vision.std)
-    batches = rows.batch(b, drop_remainder=True).map(
-        functools.partial(packing.normalize_images, scale=scale, offset=offset))
+    batches = packed.batch(b, drop_remainder=True, batch_fn=packing.Collate(
+        spec.max_images, spec.image_size, cfg.model.vision.mean, cfg.model.vision.std,
+        pad_id=tok.pad_id, image_ids=(tok.image_start_id, tok.image_id, tok.image_end_id),
+        pool=d.prefetch + 3))
     if d.worker_count > 0:
         from absl import flags
 

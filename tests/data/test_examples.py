@@ -29,19 +29,37 @@ def _rec(*segments, kind="interleaved"):
     return records.Record(kind, "r", "test", segs)
 
 
+def _collate(tok, max_images=2):
+    return packing.Collate(max_images, 16, (0, 0, 0), (1, 1, 1), pad_id=tok.pad_id,
+                           image_ids=(tok.image_start_id, tok.image_id, tok.image_end_id))
+
+
 def test_item_layout_targets_and_loss_mask(corpus):
     tok = Tokenizer(f"{corpus[0]}/tokenizer.model")
-    item = examples.make_item(_rec(0, "if x:", kind="caption"), tok, _spec())
+    items = [examples.make_item(_rec(0, "if x:", kind="caption"), tok, _spec()),
+             examples.make_item(_rec("while y"), tok, _spec())]
     text = tok.encode("if x:")
     want = [tok.bos_id, tok.image_start_id] + [tok.image_id] * T + [tok.image_end_id] + text + [tok.eos_id]
-    assert item["tokens"].tolist() == want
-    assert item["targets"].tolist() == want[1:] + [tok.pad_id]
-    # no loss predicting <img> (from <s>), inside the block, or past </s>; loss from </img> on
-    mask = [0] * (T + 2) + [1] * (len(text) + 1) + [0]
-    assert item["loss_mask"].tolist() == mask
-    assert item["kinds"].tolist() == [2] * len(want)  # caption
-    assert item["image_slots"].tolist() == [1] and item["images"].shape == (1, 16, 16, 3)
-    assert (item["truncated"], item["dropped"]) == (0, 0)
+    assert items[0]["tokens"].tolist() == want
+    assert items[0]["image_slots"].tolist() == [1] and [p.shape for p in items[0]["images"]] == [(16, 16, 3)]
+    assert (items[0]["kind"], items[0]["truncated"], items[0]["dropped"]) == (2, 0, 0)
+
+    # both items in one row of 64: targets stay inside each item, then padding
+    ds = grain.MapDataset.source(items).to_iter_dataset()
+    (b,) = list(packing.pack(ds, seq_len=64, max_images=2, num_bins=1, pad_id=tok.pad_id,
+                             seed=0).batch(1, batch_fn=_collate(tok)))
+    second = [tok.bos_id] + tok.encode("while y") + [tok.eos_id]
+    n1, n2 = len(want), len(second)
+    row = lambda k: b[k][0].tolist()  # noqa: E731
+    assert row("tokens") == want + second + [tok.pad_id] * (64 - n1 - n2)
+    assert row("targets") == want[1:] + [tok.pad_id] + second[1:] + [tok.pad_id] * (65 - n1 - n2)
+    # no loss predicting <img> (from <s>), inside the block, past </s> or on padding
+    mask = [0] * (T + 2) + [1] * (len(text) + 1) + [0] + [1] * (n2 - 1) + [0] * (65 - n1 - n2)
+    assert row("loss_mask") == mask
+    assert row("kinds") == [2] * n1 + [1] * n2 + [0] * (64 - n1 - n2)
+    assert row("segment_ids") == [1] * n1 + [2] * n2 + [0] * (64 - n1 - n2)
+    assert row("positions")[:n1 + n2] == list(range(n1)) + list(range(n2))
+    assert row("image_mask") == [True, False]
 
 
 def test_dropped_and_truncated_items_are_counted(corpus):
@@ -63,9 +81,8 @@ def test_dropped_and_truncated_items_are_counted(corpus):
     ds = grain.MapDataset.source(recs).map(
         lambda r: examples.make_item(r, tok, _spec())).to_iter_dataset()
     rows = packing.pack(ds, seq_len=64, max_images=2, num_bins=2, pad_id=tok.pad_id, seed=0)
-    rows = rows.map(lambda r: packing.finalize_row(r, 2, 16))
-    out = list(rows)
-    assert sum(int(r["dropped"]) for r in out) == 3
-    assert sum(int(r["truncated"]) for r in out) == 2  # the two kept cut items
-    assert sum(len(set(r["segment_ids"][r["segment_ids"] > 0])) for r in out) == 4
+    out = list(rows.batch(1, batch_fn=_collate(tok)))
+    assert sum(int(r["dropped"].sum()) for r in out) == 3
+    assert sum(int(r["truncated"].sum()) for r in out) == 2  # the two kept cut items
+    assert sum(len(set(r["segment_ids"][0][r["segment_ids"][0] > 0])) for r in out) == 4
     assert all(r["image_mask"].sum() <= 2 for r in out)
