@@ -22,6 +22,7 @@ setup(
         "pillow",
         "numpy",
         "pyarrow",  # parquet input for the converters (OBELICS-style, text corpora)
+        "msgpack",  # the record serialisation inside ArrayRecord shards (mm1_jax/data/records.py)
         "scikit-learn",  # ships the digits images the embedded demo corpus is built from
         "tensorboard",  # TensorBoard event files for metrics
         "tqdm",

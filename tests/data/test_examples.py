@@ -1,6 +1,9 @@
 """Items: where a too-long item is cut, when it is dropped, and that drops are counted."""
 
+import weakref
+
 import grain
+import numpy as np
 
 from mm1_jax.data import examples, packing, records
 from mm1_jax.data.tokenizer import Tokenizer
@@ -86,3 +89,34 @@ def test_dropped_and_truncated_items_are_counted(corpus):
     assert sum(int(r["truncated"].sum()) for r in out) == 2  # the two kept cut items
     assert sum(len(set(r["segment_ids"][0][r["segment_ids"][0] > 0])) for r in out) == 4
     assert all(r["image_mask"].sum() <= 2 for r in out)
+
+
+def test_collate_recycles_only_batches_nobody_holds(corpus):
+    tok = Tokenizer(f"{corpus[0]}/tokenizer.model")
+    items = [examples.make_item(_rec("a", 1, "b", 2), tok, _spec()),
+             examples.make_item(_rec("c", 3), tok, _spec()),
+             examples.make_item(_rec("d"), tok, _spec())]
+    ds = grain.MapDataset.source(items).to_iter_dataset()
+    rows = list(packing.pack(ds, seq_len=64, max_images=2, num_bins=3, pad_id=tok.pad_id, seed=0))
+    collate = _collate(tok)
+    ref = [collate([r])["images"].copy() for r in rows]  # what each row must look like
+    # row 0: "a" and "d" with images 1, 2 (budget full); row 1: "c" with image 3
+    assert [int((x != 0).any(axis=(2, 3, 4)).sum()) for x in ref] == [2, 1]
+
+    held = [collate([r]) for r in rows]  # a consumer that keeps every batch ...
+    assert held[0]["images"] is not held[1]["images"]
+    for b, want in zip(held, ref):  # ... sees each exactly as it was made
+        np.testing.assert_array_equal(b["images"], want)
+    view = held[0]["images"][0]  # a view keeps its base alive and unrecycled
+    first = weakref.ref(held[0]["images"])
+    del held
+    again = collate([rows[1]])
+    assert again["images"] is not first()
+    np.testing.assert_array_equal(again["images"], ref[1])
+    del view
+    del again
+    for r, want in zip(rows * 2, ref * 2):  # released arrays are reused, stale slots cleared
+        out = collate([r])["images"]
+        assert out is first()
+        np.testing.assert_array_equal(out, want)
+        del out
