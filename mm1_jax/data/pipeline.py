@@ -34,8 +34,8 @@ class _Parse:
     def __call__(self, index: int, data: bytes) -> records.Record:
         try:
             return records.decode(data)
-        except records.RecordError as e:
-            raise records.RecordError(str(e).replace("record", self._where(index), 1)) from None
+        except records.RecordError:  # parse again, naming the place (only on this rare path)
+            return records.decode(data, where=self._where(index))
 
     def _where(self, index: int) -> str:
         index %= int(self._ends[-1])  # past the first epoch the index keeps counting

@@ -76,8 +76,8 @@ def decode(data: bytes, where: str = "record") -> Record:
     try:
         m = msgpack.unpackb(data, raw=False)
     except Exception as e:  # msgpack raises several unrelated types
-        raise RecordError(f"{where}: not a msgpack record ({e}); was it written by "
-                          "mm1_jax.data.convert?") from e
+        raise RecordError(f"{where}: not a msgpack record ({type(e).__name__}: {e}); was it "
+                          "written by mm1_jax.data.convert?") from e
     if not isinstance(m, dict) or m.get("v") != SCHEMA_VERSION:
         raise RecordError(f"{where}: schema version {m.get('v') if isinstance(m, dict) else None!r}"
                           f", expected {SCHEMA_VERSION}; re-convert the corpus with this version")

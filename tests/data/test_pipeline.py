@@ -2,13 +2,15 @@
 
 import collections
 import io
+import os
+import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from mm1_jax.config import ConfigError
-from mm1_jax.data import pipeline
+from mm1_jax.data import pipeline, records
 from mm1_jax.data.records import KINDS
 from mm1_jax.data.tokenizer import Tokenizer
 from tests.data import corpus as C
@@ -142,3 +144,23 @@ def test_config_errors_name_the_key(corpus, tmp_path):
     cfg = C.config(d, interpolation="cubic")
     with pytest.raises(ConfigError, match=r"config.data.interpolation"):
         pipeline.make_iterator(cfg, shard_index=0, shard_count=1)
+
+
+def test_a_broken_record_is_named_by_shard_and_index(corpus, tmp_path):
+    from array_record.python import array_record_module
+
+    d, _ = corpus
+    shutil.copytree(os.path.join(d, "text"), tmp_path / "text")
+    w = array_record_module.ArrayRecordWriter(str(tmp_path / "text" / "zz.array_record"),
+                                              "group_size:1")
+    for r in (b"\xc1 not msgpack", b"\x93\x01\x02\x03"):  # garbage; a msgpack list
+        w.write(r)
+    w.close()
+    cfg = C.config(str(tmp_path), prefetch=0)
+    cfg.data.tokenizer = C.config(d).data.tokenizer
+    cfg.data.mixture = {"interleaved": 0.0, "caption": 0.0, "text": 1.0}
+    it = pipeline.make_iterator(cfg, shard_index=0, shard_count=1)
+    with pytest.raises(records.RecordError,
+                       match=r"zz.array_record record [01]: (not a msgpack|schema version)"):
+        for _ in range(100):
+            next(it)
