@@ -52,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
     v.norm_eps = 1e-5
     # Which block's output feeds the connector: -1 = last, -2 = penultimate (LLaVA's choice).
     v.feature_layer = -1
-    # Image normalisation (CLIP defaults), used by the data pipeline.
+    # Image normalisation (CLIP defaults), applied on device to the pipeline's uint8 pixels.
     v.mean = (0.48145466, 0.4578275, 0.40821073)
     v.std = (0.26862954, 0.26130258, 0.27577711)
 
@@ -106,7 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.shuffle_seed = 0
     c.data.worker_count = 0  # grain worker processes; 0 = in-process
     c.data.prefetch = 2  # batches prefetched ahead of the step (a thread, or per worker)
-    # Images are resized to model.vision.image_size and normalised with model.vision.mean/std.
+    # Images are resized to model.vision.image_size (uint8; the model normalises on device).
     c.data.interpolation = "bicubic"  # nearest | bilinear | bicubic (CLIP) | lanczos
     c.data.resize_mode = "center_crop"  # center_crop (CLIP: central square) | squash (whole image)
     c.data.read_threads = 4  # threads reading + decoding items per process (PIL frees the GIL)

@@ -78,26 +78,22 @@ class Collate:
     padding, inside image blocks, or from one document into the next). Both are computed here,
     vectorised over the batch, where the packer has fixed the segment boundaries.
 
-    Pixels go straight from each item's uint8 array into the batch's float32 array, normalised
-    on the way: the 4x larger float array is written once and never copied or stacked. Empty
-    image slots are 0. The float32 arrays are recycled: one is written again only once nothing
-    but this pool refers to it (its reference count says so), i.e. after the consumer dropped the
-    batch and every view of it. Fresh memory instead costs a page fault per 4 KiB, about as much
-    as the normalisation itself (benchmarks/data_throughput.py).
+    Pixels are copied from each item's uint8 array into the batch's uint8 array; normalisation
+    with model.vision.mean/std happens on the device, inside the jitted step
+    (mm1_jax.models.vision.normalize_images), which keeps a float pass off the host and moves
+    4x fewer bytes to the accelerator. Empty image slots are 0. The batch arrays are recycled:
+    one is written again only once nothing but this pool refers to it (its reference count says
+    so), i.e. after the consumer dropped the batch and every view of it. Fresh memory instead
+    costs a page fault per 4 KiB (benchmarks/data_throughput.py).
     """
 
-    def __init__(self, max_images: int, image_size: int, mean, std, *, pad_id: int,
+    def __init__(self, max_images: int, image_size: int, *, pad_id: int,
                  image_ids: tuple[int, int, int], pool: int = 4):
-        """`image_ids`: (<img>, <image>, </img>). `pool`: float32 arrays kept for reuse; cover
+        """`image_ids`: (<img>, <image>, </img>). `pool`: image arrays kept for reuse; cover
         the batches a consumer holds at once (prefetched, current, and the previous one still
         bound in a for-loop)."""
         self.max_images, self.image_size, self.pool_size = max_images, image_size, pool
         self.pad_id, self.image_ids = pad_id, tuple(image_ids)
-        mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-        # (x / 255 - mean) / std == x * scale + offset; tiled along a pixel row so numpy's
-        # inner loop runs over S*3 values instead of broadcasting over 3 channels
-        self._scale = np.tile(1.0 / (255.0 * std), image_size).astype(np.float32)
-        self._offset = np.tile(-mean / std, image_size).astype(np.float32)
         self._pool: list[np.ndarray] = []  # recycled images arrays ...
         self._written: list[np.ndarray] = []  # ... and which of their slots hold pixels
 
@@ -133,16 +129,13 @@ class Collate:
     def _pixels(self, rows: list[dict], mask: np.ndarray) -> np.ndarray:
         s = self.image_size
         images, written = self._recycled(len(rows))
-        images[written & ~mask] = 0.0  # slots a previous batch filled and this one does not
+        images[written & ~mask] = 0  # slots a previous batch filled and this one does not
         written[...] = mask
         for i, row in enumerate(rows):
             k = 0
             for item_pixels in row["images"]:  # per item: uint8 [S, S, 3] each, in token order
                 for p in item_pixels:
-                    out = images[i, k].reshape(s, s * 3)
-                    np.copyto(out, p.reshape(s, s * 3))  # a plain cast is the fastest pass
-                    out *= self._scale
-                    out += self._offset
+                    images[i, k] = p
                     k += 1
         return images
 
@@ -152,7 +145,7 @@ class Collate:
             if self._pool[j].shape[0] == b and sys.getrefcount(self._pool[j]) == 2:
                 return self._pool[j], self._written[j]
         s = self.image_size
-        images = np.zeros((b, self.max_images, s, s, 3), np.float32)
+        images = np.zeros((b, self.max_images, s, s, 3), np.uint8)
         written = np.zeros((b, self.max_images), bool)
         if len(self._pool) < self.pool_size:
             self._pool.append(images)

@@ -126,9 +126,8 @@ def make_dataset(cfg, *, shard_index: int, shard_count: int) -> grain.IterDatase
     packed = packing.pack(items, seq_len=spec.seq_len, max_images=spec.max_images,
                           num_bins=max(d.packing_bins, b), pad_id=tok.pad_id, seed=d.shuffle_seed)
     batches = packed.batch(b, drop_remainder=True, batch_fn=packing.Collate(
-        spec.max_images, spec.image_size, cfg.model.vision.mean, cfg.model.vision.std,
-        pad_id=tok.pad_id, image_ids=(tok.image_start_id, tok.image_id, tok.image_end_id),
-        pool=d.prefetch + 3))
+        spec.max_images, spec.image_size, pad_id=tok.pad_id,
+        image_ids=(tok.image_start_id, tok.image_id, tok.image_end_id), pool=d.prefetch + 3))
     if d.worker_count > 0:
         from absl import flags
 
@@ -152,7 +151,7 @@ def make_iterator(cfg, *, shard_index: int | None = None,
     M = data.max_images, H = W = model.vision.image_size:
       tokens, targets int32 [b, S]; loss_mask float32 [b, S]; segment_ids (0 = padding) and
       positions (restart per segment) int32 [b, S]; kinds int32 [b, S] (0 pad, 1 interleaved,
-      2 caption, 3 text); images float32 [b, M, H, W, 3] normalised; image_mask bool [b, M];
+      2 caption, 3 text); images uint8 [b, M, H, W, 3] (the model normalises them on device); image_mask bool [b, M];
       truncated, dropped int32 [b] (items cut / dropped while filling each row).
     shard_index / shard_count default to jax.process_index() / jax.process_count().
     """

@@ -33,7 +33,7 @@ def _rec(*segments, kind="interleaved"):
 
 
 def _collate(tok, max_images=2):
-    return packing.Collate(max_images, 16, (0, 0, 0), (1, 1, 1), pad_id=tok.pad_id,
+    return packing.Collate(max_images, 16, pad_id=tok.pad_id,
                            image_ids=(tok.image_start_id, tok.image_id, tok.image_end_id))
 
 

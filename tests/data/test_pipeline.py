@@ -13,6 +13,7 @@ from mm1_jax.config import ConfigError
 from mm1_jax.data import pipeline, records
 from mm1_jax.data.records import KINDS
 from mm1_jax.data.tokenizer import Tokenizer
+from mm1_jax.models.vision import normalize_images
 from tests.data import corpus as C
 
 
@@ -49,7 +50,7 @@ def test_packed_batches_follow_the_rules(corpus):
             "tokens": ((4, S), "int32"), "targets": ((4, S), "int32"),
             "loss_mask": ((4, S), "float32"), "segment_ids": ((4, S), "int32"),
             "positions": ((4, S), "int32"), "kinds": ((4, S), "int32"),
-            "images": ((4, M, C.IMAGE_SIZE, C.IMAGE_SIZE, 3), "float32"),
+            "images": ((4, M, C.IMAGE_SIZE, C.IMAGE_SIZE, 3), "uint8"),
             "image_mask": ((4, M), "bool"), "truncated": ((4,), "int32"),
             "dropped": ((4,), "int32")}
         for row in range(4):
@@ -95,7 +96,10 @@ def test_packed_batches_follow_the_rules(corpus):
                 for seg_ in [s_ for s_ in rec.segments if "image" in s_][:n]:
                     ref = _clip_reference(seg_["image"], cfg.model.vision.mean,
                                           cfg.model.vision.std)
-                    err = np.abs(b["images"][row, img_k] - ref)
+                    # the model's on-device normalisation of the pipeline's uint8 pixels
+                    got = normalize_images(b["images"][row, img_k], cfg.model.vision.mean,
+                                           cfg.model.vision.std)
+                    err = np.abs(np.asarray(got) - ref)
                     max_pixel_err = max(max_pixel_err, float(err.mean()))
                     img_k += 1
             assert img_k == n_img

@@ -58,3 +58,14 @@ def test_other_resolution_resizes_position_grid():
     np.testing.assert_array_equal(big[0], pos[0])
     assert enc(jnp.zeros((1, 56, 56, 3))).shape == (1, 64, 48)
     np.testing.assert_allclose(big[1:].mean(0), pos[1:].mean(0), atol=0.05)
+
+
+def test_uint8_images_are_normalised_on_device_like_clip():
+    """uint8 pixels (what the pipeline ships) give the same features as the CLIP-normalised floats."""
+    _, cfg = _configs(-1, "quick_gelu")
+    enc = VisionEncoder(cfg, rngs=nnx.Rngs(0))
+    pixels = np.random.default_rng(1).integers(0, 256, (2, 28, 28, 3), dtype=np.uint8)
+    v = cfg.model.vision
+    normalised = (pixels / 255.0 - np.array(v.mean)) / np.array(v.std)  # CLIP preprocessing
+    np.testing.assert_allclose(np.asarray(enc(jnp.asarray(pixels))),
+                               np.asarray(enc(jnp.asarray(normalised, jnp.float32))), rtol=1e-5, atol=1e-5)
