@@ -1,7 +1,5 @@
 """A tiny MM1 that trains in minutes on 2 CPU cores over the embedded demo corpus.
 
-(Data engineer: read docs/DATA_TASK.md.)
-
 Same architecture as the paper's (CLIP ViT, C-Abstractor, Llama-style decoder), scaled down:
 8x8 handwritten digits upsampled to 32x32, 4x4 patches, 16 image tokens per image.
 """

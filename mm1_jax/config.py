@@ -95,7 +95,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.image_token_id = 3
 
     # ---------------------------------------------------------------- data
-    # DATA ENGINEER: your full task and the interface contract are in docs/DATA_TASK.md.
     c.data = ml_collections.ConfigDict()
     c.data.dir = config_dict.placeholder(str)  # ArrayRecord shards: <dir>/<kind>/*.array_record
     c.data.tokenizer = config_dict.placeholder(str)  # sentencepiece .model
