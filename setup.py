@@ -26,9 +26,12 @@ setup(
         "scikit-learn",  # ships the digits images the embedded demo corpus is built from
         "tensorboard",  # TensorBoard event files for metrics
         "tqdm",
+        "pycocoevalcap",  # CIDEr for captioning evaluation (its PTB tokenizer uses Java if present)
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers"],
+        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers",
+                 # executing notebooks/quickstart.ipynb headless
+                 "nbclient", "nbformat", "ipykernel", "matplotlib"],
         "tpu": ["libtpu"],
         "seqio": ["seqio"],
     },
