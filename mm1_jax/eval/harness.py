@@ -160,10 +160,12 @@ def run_eval(model, cfg, tasks: EvalTasks | None = None) -> dict[str, float]:
 # ------------------------------------------------------------------------------ results, models
 
 
-def write_results(workdir: str, step: int, results: dict[str, float]) -> str:
-    """Writes `<workdir>/eval.json` ({"step": step, metric: value, ...}) and the metrics as
-    TensorBoard scalars at `step` in `<workdir>/tensorboard` (the trainer's event-file writer,
-    beside the training curves). Returns the JSON path."""
+def write_results(workdir: str, step: int, results: dict[str, float], *,
+                  tensorboard: bool = True) -> str:
+    """Writes `<workdir>/eval.json` ({"step": step, metric: value, ...}) and, with `tensorboard`,
+    the metrics as scalars at `step` in `<workdir>/tensorboard` (the trainer's event-file writer,
+    beside the training curves; a trainer logging them through its own MetricsWriter passes
+    False). Returns the JSON path."""
     from tensorboard.compat.proto import event_pb2, summary_pb2
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
@@ -173,6 +175,8 @@ def write_results(workdir: str, step: int, results: dict[str, float]) -> str:
         json.dump({"step": int(step), **{k: float(v) for k, v in sorted(results.items())}}, f,
                   indent=1)
     os.replace(path + ".tmp", path)
+    if not tensorboard:
+        return path
     tb = EventFileWriter(os.path.join(workdir, "tensorboard"), filename_suffix=".eval")
     for tag, value in sorted(results.items()):
         summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag,
