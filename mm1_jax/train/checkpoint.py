@@ -81,11 +81,17 @@ class Checkpointer:
         if step is None:
             return None
         items = {"state": ocp.args.StandardRestore(abstract.arrays())}
-        has_data = os.path.isdir(os.path.join(self.directory, str(step), "data"))
-        if has_data and _has_state(data_iterator):
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-        elif _has_state(data_iterator):
-            logging.warning("checkpoint %d holds no data-iterator state; data restarts", step)
+        if _has_state(data_iterator):
+            data_dir = os.path.join(self.directory, str(step), "data")
+            mine = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+            if os.path.exists(os.path.join(data_dir, mine)):
+                items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+            else:
+                # No position for this process: no data item, or another process count
+                # (one file per process). The model state still restores onto any mesh.
+                logging.warning("checkpoint %d has no data-iterator state for %s (found %s); "
+                                "the data stream restarts from its beginning", step, mine,
+                                sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) else [])
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         logging.info("checkpoint: restored step %d from %s", step, self.directory)
         return abstract.with_arrays(restored["state"])

@@ -44,6 +44,8 @@ class RunResult:
 def prepare_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Validates, builds the demo corpus if asked, and writes the tokenizer's ids into the config."""
     cfg = validate(cfg)
+    if cfg.checkpoint.every < 1 or cfg.checkpoint.keep < 1:
+        raise ConfigError("config.checkpoint.every and config.checkpoint.keep must be >= 1")
     if cfg.train.build_demo_data:
         from mm1_jax.data.demo import ensure_demo_data
 
@@ -84,14 +86,17 @@ def global_batch(local: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
 
 class _StopSignal:
     """SIGTERM / SIGINT set a flag; the loop saves at the next step boundary and returns.
-    A second SIGINT kills as usual."""
+    A second SIGINT kills as usual. Single-process only: with several processes every one must
+    stop at the same step, which JAX's pre-emption service (started by jax.distributed and
+    listening for SIGTERM itself) arranges through `CheckpointManager.reached_preemption`."""
 
-    def __init__(self):
+    def __init__(self, enabled: bool):
         self.received = None
+        self.enabled = enabled
         self._previous = {}
 
     def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT) if self.enabled else ():
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread (e.g. a notebook worker): no handler
@@ -191,7 +196,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
         return metrics
 
     try:
-        with _StopSignal() as stop:
+        with _StopSignal(enabled=jax.process_count() == 1) as stop:
             for step in range(start, cfg.train.steps):
                 t = time.perf_counter()
                 try:

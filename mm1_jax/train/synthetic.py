@@ -1,5 +1,7 @@
-"""Deterministic batches in the data contract's shapes (docs/DATA_TASK.md), for tests that must
-not depend on the data pipeline: batch k is a pure function of (seed, k, process shard)."""
+"""Synthetic batches in the data contract's shapes (docs/DATA_TASK.md), for the benchmarks and
+the tests, which must not depend on a corpus: batch k is a pure function of (seed, k, shard).
+Token ids are random, so the loss stays near ln(vocab): good for speed and equality checks, not
+for learning."""
 
 from __future__ import annotations
 
