@@ -86,6 +86,7 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     print(header("checkpoint I/O (benchmarks/checkpoint_io.py)"))
+    print(f"# load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print("| config | state GB | save blocking s | save GB/s | plain write GB/s | save / plain | "
           "restore GB/s | plain read GB/s | restore / plain |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -3,8 +3,10 @@ reading its own data shard, and match one process fed the same global batch."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import portpicker
 import pytest
@@ -18,21 +20,25 @@ def _losses(workdir):
     return [json.loads(l)["loss/total"] for l in open(os.path.join(workdir, "metrics.jsonl"))]
 
 
-@pytest.mark.slow
-def test_two_processes_match_one(tmp_path, demo_data, compile_cache):
+def _two_processes(workdir, demo_data, compile_cache, steps, every):
     port = portpicker.pick_unused_port()
-    multi = str(tmp_path / "two_processes")
     env = dict(os.environ, PYTHONPATH=ROOT,
                XLA_FLAGS=os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=1")
-    procs = [subprocess.Popen(
+    return [subprocess.Popen(
         [sys.executable, "-m", "mm1_jax.train", "--config=experiments/demo_cpu.py",
-         f"--workdir={multi}", f"--config.train.steps={STEPS}", "--config.train.log_every=1",
-         "--config.checkpoint.every=2", f"--config.data.dir={demo_data}",
+         f"--workdir={workdir}", f"--config.train.steps={steps}", "--config.train.log_every=1",
+         f"--config.checkpoint.every={every}", f"--config.data.dir={demo_data}",
          f"--config.data.tokenizer={demo_data}/tokenizer.model",
          f"--config.train.compile_cache_dir={compile_cache}",
          f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(2)]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path, demo_data, compile_cache):
+    multi = str(tmp_path / "two_processes")
+    procs = _two_processes(multi, demo_data, compile_cache, STEPS, 2)
     for i, p in enumerate(procs):
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, f"process {i}:\n{err[-4000:]}"
@@ -45,3 +51,25 @@ def test_two_processes_match_one(tmp_path, demo_data, compile_cache):
     run_python(["tests/train/two_shards.py", single, demo_data, str(STEPS)], devices=2,
                compile_cache=compile_cache)
     assert _losses(multi) == pytest.approx(_losses(single), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_both_processes_at_the_same_step(tmp_path, demo_data, compile_cache):
+    # A scheduler pre-empting a job signals every process; JAX's pre-emption service (not a
+    # Python handler) agrees on one step, at which both save and exit.
+    workdir = str(tmp_path)
+    procs = _two_processes(workdir, demo_data, compile_cache, 200, 100)
+    jsonl = os.path.join(workdir, "metrics.jsonl")
+    t = time.time()
+    while not (os.path.exists(jsonl) and len(open(jsonl).readlines()) >= 3):
+        assert all(p.poll() is None for p in procs) and time.time() - t < 300
+        time.sleep(0.05)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    stopped = []
+    for i, p in enumerate(procs):
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, f"process {i}:\n{err[-4000:]}"
+        stopped.append(int(err.split("stopped (pre-empted) at step ")[1].split(";")[0]))
+    assert stopped[0] == stopped[1] and 3 <= stopped[0] < 100
+    assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(stopped[0])]
