@@ -15,6 +15,8 @@ from typing import TypeVar
 
 import numpy as np
 
+from mm1_jax.eval import prompts
+
 T = TypeVar("T")
 
 
@@ -60,3 +62,29 @@ def choose_shots(support: Sequence[T], k: int, query_key: object, query_image: o
                          "fraction or give more annotations")
     rng = np.random.default_rng(int(_unit(f"{seed}:shots:{query_key}") * 2**63))
     return [pool[i] for i in rng.choice(len(pool), size=k, replace=False)]
+
+
+def _image(e) -> object:
+    return e.image_id
+
+
+def caption_prompt(support: Sequence, query, k: int, seed: int = 0) -> list[dict]:
+    """Segments of a k-shot captioning prompt (readers.CaptionExample); an in-context example
+    shows its image's first reference caption."""
+    shots = choose_shots(support, k, query.image_id, query.image_id, _image, seed)
+    return prompts.few_shot(prompts.CAPTION_PROMPT,
+                            [(s.image_path, s.references[0], {}) for s in shots], query.image_path)
+
+
+def most_common(answers: Sequence[str]) -> str:
+    return max(answers, key=answers.count)
+
+
+def vqa_prompt(support: Sequence, query, k: int, seed: int = 0) -> list[dict]:
+    """Segments of a k-shot VQA prompt (readers.VQAExample); an in-context example shows its
+    question's most common human answer."""
+    shots = choose_shots(support, k, query.question_id, query.image_id, _image, seed)
+    return prompts.few_shot(
+        prompts.VQA_PROMPT,
+        [(s.image_path, most_common(s.answers), {"QUESTION": s.question}) for s in shots],
+        query.image_path, QUESTION=query.question)

@@ -54,57 +54,44 @@ def _split(examples, tasks: EvalTasks):
                                    tasks.support_fraction, tasks.seed)
 
 
+def _continuations(model, cfg, tok, segments: list[list[dict]], max_new_tokens: int,
+                   tasks: EvalTasks) -> list[str]:
+    """Greedy continuations of prompts given as segments, cut where a new example would start."""
+    t = cfg.model.connector.num_tokens
+    items = [inference.PromptItem(*prompts.tokenize(s, tok, t)) for s in segments]
+    texts = inference.generate_texts(model, tok, items, readers.image_loader(cfg),
+                                     max_new_tokens=max_new_tokens, batch_size=tasks.batch_size,
+                                     image_size=cfg.model.vision.image_size)
+    return [prompts.clean_answer(x) for x in texts]
+
+
 def evaluate_captions(model, cfg, tok, examples: list[readers.CaptionExample],
                       tasks: EvalTasks) -> dict[str, float]:
-    """CIDEr of generated captions at each shot count, on the query part of `examples`.
-
-    In-context examples show one of their image's reference captions (the first).
-    """
+    """CIDEr of generated captions (what follows "A photo of") at each shot count, on the query
+    part of `examples`."""
     support, query = _split(examples, tasks)
     out = {}
     for k in tasks.shots:
-        items = []
-        for q in query:
-            shots = fewshot.choose_shots(support, k, q.image_id, q.image_id,
-                                         lambda e: e.image_id, tasks.seed)
-            segs = prompts.few_shot(prompts.CAPTION_PROMPT,
-                                    [(s.image_path, s.references[0], {}) for s in shots],
-                                    q.image_path)
-            items.append(inference.PromptItem(*prompts.tokenize(segs, tok, cfg.model.connector.num_tokens)))
-        texts = inference.generate_texts(
-            model, tok, items, readers.image_loader(cfg), max_new_tokens=tasks.caption_max_new_tokens,
-            batch_size=tasks.batch_size, image_size=cfg.model.vision.image_size)
-        # the caption is what follows "A photo of": "a dog on a couch."
-        preds = {q.image_id: prompts.clean_answer(t) for q, t in zip(query, texts)}
-        score, _ = metrics.cider(preds, {q.image_id: q.references for q in query})
+        texts = _continuations(model, cfg, tok,
+                               [fewshot.caption_prompt(support, q, k, tasks.seed) for q in query],
+                               tasks.caption_max_new_tokens, tasks)
+        score, _ = metrics.cider({q.image_id: x for q, x in zip(query, texts)},
+                                 {q.image_id: q.references for q in query})
         out[f"{tasks.caption_name}/cider_{k}shot"] = score
     return out
 
 
 def evaluate_vqa(model, cfg, tok, examples: list[readers.VQAExample],
                  tasks: EvalTasks) -> dict[str, float]:
-    """VQA accuracy of generated short answers at each shot count, on the query part.
-
-    In-context examples show the most common human answer of their question.
-    """
+    """VQA accuracy of generated short answers at each shot count, on the query part."""
     support, query = _split(examples, tasks)
     out = {}
     for k in tasks.shots:
-        items = []
-        for q in query:
-            shots = fewshot.choose_shots(support, k, q.question_id, q.image_id,
-                                         lambda e: e.image_id, tasks.seed)
-            segs = prompts.few_shot(
-                prompts.VQA_PROMPT,
-                [(s.image_path, max(s.answers, key=s.answers.count), {"QUESTION": s.question})
-                 for s in shots],
-                q.image_path, QUESTION=q.question)
-            items.append(inference.PromptItem(*prompts.tokenize(segs, tok, cfg.model.connector.num_tokens)))
-        texts = inference.generate_texts(
-            model, tok, items, readers.image_loader(cfg), max_new_tokens=tasks.vqa_max_new_tokens,
-            batch_size=tasks.batch_size, image_size=cfg.model.vision.image_size)
-        preds = {q.question_id: prompts.clean_answer(t) for q, t in zip(query, texts)}
-        acc, _ = metrics.vqa_accuracy(preds, {q.question_id: q.answers for q in query})
+        texts = _continuations(model, cfg, tok,
+                               [fewshot.vqa_prompt(support, q, k, tasks.seed) for q in query],
+                               tasks.vqa_max_new_tokens, tasks)
+        acc, _ = metrics.vqa_accuracy({q.question_id: x for q, x in zip(query, texts)},
+                                      {q.question_id: q.answers for q in query})
         out[f"{tasks.vqa_name}/accuracy_{k}shot"] = acc
     return out
 

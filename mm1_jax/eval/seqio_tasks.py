@@ -103,10 +103,7 @@ def _prompt_text(segments: list[dict]) -> tuple[str, list[str]]:
 def caption_examples(support, query, k: int, seed: int = 0):
     """Plain dicts (inputs, images, targets, references, id) of the k-shot captioning task."""
     for q in query:
-        shots = fewshot.choose_shots(support, k, q.image_id, q.image_id, lambda e: e.image_id, seed)
-        text, images = _prompt_text(prompts.few_shot(
-            prompts.CAPTION_PROMPT, [(s.image_path, s.references[0], {}) for s in shots],
-            q.image_path))
+        text, images = _prompt_text(fewshot.caption_prompt(support, q, k, seed))
         yield {"inputs": text, "images": images, "targets": q.references[0],
                "references": list(q.references), "id": str(q.image_id)}
 
@@ -114,13 +111,8 @@ def caption_examples(support, query, k: int, seed: int = 0):
 def vqa_examples(support, query, k: int, seed: int = 0):
     """Plain dicts of the k-shot VQA task (targets: the most common human answer)."""
     for q in query:
-        shots = fewshot.choose_shots(support, k, q.question_id, q.image_id, lambda e: e.image_id,
-                                     seed)
-        text, images = _prompt_text(prompts.few_shot(
-            prompts.VQA_PROMPT,
-            [(s.image_path, max(s.answers, key=s.answers.count), {"QUESTION": s.question})
-             for s in shots], q.image_path, QUESTION=q.question))
-        yield {"inputs": text, "images": images, "targets": max(q.answers, key=q.answers.count),
+        text, images = _prompt_text(fewshot.vqa_prompt(support, q, k, seed))
+        yield {"inputs": text, "images": images, "targets": fewshot.most_common(q.answers),
                "references": list(q.answers), "id": str(q.question_id)}
 
 
