@@ -176,29 +176,32 @@ def write_results(workdir: str, step: int, results: dict[str, float], *,
 def load_model(cfg, workdir: str, step: int | None = None, devices=None):
     """(model, step, cfg) from `<workdir>/checkpoints` (the newest complete one, or `step`), placed
     on `devices` (default all) in the shardings training uses; the returned cfg has the
-    tokenizer's ids resolved (as training resolves them)."""
+    tokenizer's ids resolved (as training resolves them).
+
+    Only the parameters are read: the optimiser settings of `cfg` (lr_mult, freezing) need not
+    match the run's, and no optimiser state is allocated."""
+    import orbax.checkpoint as ocp
     from flax import nnx
 
     from mm1_jax.train import mesh as mesh_lib
-    from mm1_jax.train.checkpoint import Checkpointer
     from mm1_jax.train.loop import prepare_config
     from mm1_jax.train.state import abstract_train_state
 
     cfg = prepare_config(cfg)
-    directory = os.path.join(workdir, "checkpoints")
+    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{directory} does not exist; pass the --workdir a training run "
                                 "wrote (python -m mm1_jax.train --workdir=...)")
-    mesh = mesh_lib.make_mesh(cfg, devices)
-    abstract, _ = abstract_train_state(cfg, mesh)
-    ckpt = Checkpointer(directory, cfg)
-    try:
-        available = list(ckpt.manager.all_steps())
-        step = ckpt.latest_step() if step is None else step
+    abstract, _ = abstract_train_state(cfg, mesh_lib.make_mesh(cfg, devices))
+    with ocp.CheckpointManager(directory, item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+                               options=ocp.CheckpointManagerOptions(create=False)) as manager:
+        available = sorted(manager.all_steps())
+        step = manager.latest_step() if step is None else step
         if step is None or step not in available:
             raise FileNotFoundError(f"no complete checkpoint {'' if step is None else step} in "
-                                    f"{directory} (steps there: {sorted(available)})")
-        state = ckpt.restore(abstract, None, step)
-    finally:
-        ckpt.close()
-    return nnx.merge(state.recipe.graphdef, state.params), int(step), cfg
+                                    f"{directory} (steps there: {available})")
+        item = {"params": abstract.params}
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True)))
+    return nnx.merge(abstract.recipe.graphdef, restored["state"]["params"]), int(step), cfg
