@@ -214,7 +214,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
                     last = finish(*pending)
                 pending = (step + 1, metrics, data_wait)
 
-                preempted = stop.received is not None or ckpt.manager.reached_preemption(step + 1)
+                preempted = (stop.received is not None if stop.enabled
+                             else ckpt.manager.reached_preemption(step + 1))
                 if preempted or ckpt.should_save(step + 1):
                     ckpt.save(step + 1, state, iterator, force=preempted)
                 if preempted:

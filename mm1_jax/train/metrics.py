@@ -107,10 +107,9 @@ class MetricsWriter:
 
     def progress(self, step: int, **postfix: float) -> None:
         if self.enabled:
-            self.bar.n = step
             if postfix:
                 self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
-            self.bar.refresh()
+            self.bar.update(step - self.bar.n)  # redraws at most once a second
 
     def close(self) -> None:
         if self.enabled:

@@ -32,7 +32,6 @@ class StepRecipe:
     schedule: Callable[[jax.Array], jax.Array]  # lr(t), for logging
     frozen: tuple[str, ...]  # "/"-joined paths of frozen parameters (no gradient computed)
     grad_accum: int
-    max_bad_steps: int
 
 
 @flax.struct.dataclass
@@ -40,7 +39,9 @@ class TrainState:
     step: jax.Array  # int32 []: steps taken, skipped ones included (= batches consumed)
     params: Any  # nested dict (nnx pure dict) of float32 parameters
     opt_state: Any
-    rng: jax.Array  # uint32 [2]: raw key; folded with the step for any stochastic layer
+    # uint32 [2] raw key, checkpointed with the run. MM1 pre-training has no dropout, so nothing
+    # draws from it yet; a stochastic layer would use fold_in(rng, step).
+    rng: jax.Array
     bad_steps: jax.Array  # int32 []: consecutive non-finite steps, 0 after a good one
     skipped_steps: jax.Array  # int32 []: all skipped steps
     recipe: StepRecipe = flax.struct.field(pytree_node=False)
@@ -126,7 +127,7 @@ def abstract_train_state(cfg: ml_collections.ConfigDict, mesh: Mesh,
     tx, schedule, labels = make_optimizer(cfg, params)
     frozen = tuple(p for p, l in flatten_paths(labels).items() if l == FROZEN)
     recipe = StepRecipe(graphdef=graphdef, tx=tx, schedule=schedule, frozen=frozen,
-                        grad_accum=cfg.train.grad_accum, max_bad_steps=cfg.train.max_bad_steps)
+                        grad_accum=cfg.train.grad_accum)
     scalar = jax.ShapeDtypeStruct((), jnp.int32)
     abstract = TrainState(step=scalar, params=params, opt_state=jax.eval_shape(tx.init, params),
                           rng=jax.ShapeDtypeStruct((2,), jnp.uint32), bad_steps=scalar,

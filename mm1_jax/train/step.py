@@ -76,7 +76,6 @@ def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict[str, An
     """One optimiser step over a global batch. Call under `jax.set_mesh(mesh)`, jitted with the
     state's shardings (see loop.compile_step); pure otherwise."""
     recipe, accum = state.recipe, state.recipe.grad_accum
-    batch = {k: v for k, v in batch.items()}
     num_loss_tokens = jnp.maximum(batch["loss_mask"].astype(jnp.float32).sum(), 1.0)
     grad_fn = jax.value_and_grad(functools.partial(_loss, recipe=recipe, accum=accum), has_aux=True)
 
