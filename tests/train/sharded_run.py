@@ -3,7 +3,6 @@
 Prints one JSON line: {"runs": {mesh: [losses]}, "restore": {...}}."""
 
 import json
-import os
 import sys
 import tempfile
 

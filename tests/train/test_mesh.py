@@ -1,7 +1,5 @@
 """Mesh inference and the config errors that must come before any compilation."""
 
-import jax
-import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 

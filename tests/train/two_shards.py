@@ -4,7 +4,7 @@ see together (rows of data shard 0 of 2, then rows of shard 1 of 2), on 2 simula
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from mm1_jax.config import load_config
 from mm1_jax.data.pipeline import make_iterator
