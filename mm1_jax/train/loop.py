@@ -39,6 +39,7 @@ class RunResult:
     step: int  # steps completed
     preempted: bool  # stopped by SIGTERM/SIGINT after saving
     last_metrics: dict[str, Any]
+    eval_metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # the last evaluation
 
 
 def prepare_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -170,6 +171,24 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
     window = {"t": time.perf_counter(), "steps": 0, "data_wait": 0.0, "images": 0}
     preempted = False
 
+    def evaluate(step: int, state) -> dict[str, float]:
+        """Runs the evaluation on the current (sharded) parameters; every process takes part."""
+        from flax import nnx
+
+        from mm1_jax.eval.harness import run_eval, write_results
+
+        t = time.perf_counter()
+        with jax.set_mesh(mesh):
+            results = run_eval(nnx.merge(state.recipe.graphdef, state.params), cfg)
+        writer.write(step, results)
+        if jax.process_index() == 0:
+            write_results(workdir, step, results, tensorboard=False)
+        logging.info("step %d: evaluation in %.1f s: %s", step, time.perf_counter() - t, results)
+        window["t"] += time.perf_counter() - t  # not charged to the training step time
+        return results
+
+    evaluated: dict[str, float] = {}
+
     def finish(step: int, metrics, data_wait: float) -> dict[str, Any]:
         metrics = jax.device_get(metrics)  # waits for this step only
         _check(step, metrics, cfg.train.max_bad_steps)
@@ -222,13 +241,20 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
                     logging.warning("%s at step %d: checkpoint saved, stopping",
                                     stop.received or "pre-emption notice", step + 1)
                     break
+                every = cfg.train.eval_every
+                if every and (step + 1) % every == 0 and step + 1 < cfg.train.steps:
+                    evaluated = evaluate(step + 1, state)
             if pending is not None:
                 last = finish(*pending)
             end = pending[0] if pending is not None else start
             if not preempted and ckpt.latest_step() != end:
                 ckpt.save(end, state, iterator, force=True)
+            final_eval = cfg.train.eval_at_end or (
+                cfg.train.eval_every and end % cfg.train.eval_every == 0)
+            if not preempted and end == cfg.train.steps and final_eval:
+                evaluated = evaluate(end, state)
     finally:
         ckpt.close()
         writer.close()
-    return RunResult(step=end, preempted=preempted, last_metrics=last)
+    return RunResult(step=end, preempted=preempted, last_metrics=last, eval_metrics=evaluated)
 
