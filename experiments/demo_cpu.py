@@ -1,7 +1,15 @@
 """A tiny MM1 that trains in minutes on 2 CPU cores over the embedded demo corpus.
 
-Same architecture as the paper's (CLIP ViT, C-Abstractor, Llama-style decoder), scaled down:
-8x8 handwritten digits upsampled to 32x32, 4x4 patches, 16 image tokens per image.
+Same architecture as the paper's (CLIP ViT, connector, Llama-style decoder), scaled down: 8x8
+handwritten digits upsampled to 32x32, 4x4 patches, 16 image tokens per image. Where the demo
+departs from MM1's pre-training recipe, and why (measured in benchmarks/results/eval.md):
+- The vision encoder is frozen. MM1 starts from a CLIP-pretrained encoder; the demo has none,
+  and its randomly initialised ViT already separates the digits (a linear probe on its
+  features: 93%), so freezing it keeps the features still while the decoder learns to read
+  them: 82.5% zero-shot captioning at 800 steps, against 47% with it trained.
+- Caption-heavy mix (70/25/5): caption data drives zero-shot captioning (MM1 section 3.3).
+- Average-pooling connector: MM1 finds the connector type matters little (section 3.2), and
+  here it learned faster than the C-Abstractor (47% vs 34% at 800 steps).
 """
 
 from mm1_jax.config import base_config
@@ -18,7 +26,7 @@ def get_config():
     v.width, v.depth, v.heads, v.mlp_dim = 64, 2, 2, 128
 
     k = c.model.connector
-    k.num_tokens, k.hidden, k.depth = 16, 64, 1
+    k.kind, k.num_tokens, k.hidden, k.depth = "avg_pool", 16, 64, 1
 
     d = c.model.decoder
     d.vocab_size = 1024  # the demo tokenizer's size (mm1_jax.data.demo)
@@ -29,14 +37,17 @@ def get_config():
     c.data.dir = "demo_data"
     c.data.tokenizer = "demo_data/tokenizer.model"
     c.data.max_images = 6
+    c.data.mixture.caption, c.data.mixture.interleaved, c.data.mixture.text = 0.70, 0.25, 0.05
 
-    c.train.steps = 400
+    c.train.steps = 1600
     c.train.batch_size = 8
     c.train.seq_len = 256
     c.train.log_every = 10
     c.train.build_demo_data = True  # `python -m mm1_jax.train` builds demo_data/ when absent
+    c.train.eval_at_end = True  # the held-out table (mm1_jax/eval/demo.py)
     c.optim.lr = 3e-3
     c.optim.warmup_steps = 20
-    c.checkpoint.every = 100
+    c.optim.freeze = (r"^vision/",)
+    c.checkpoint.every = 400
     c.checkpoint.keep = 2
     return c
