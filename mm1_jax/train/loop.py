@@ -138,7 +138,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
     """Trains `cfg` in `workdir` (resuming from its newest complete checkpoint) until
     `train.steps`, or until SIGTERM/SIGINT (then saves and returns with `preempted=True`).
 
-    iterator: per-process batches (docs/DATA_TASK.md); default the Grain pipeline of `cfg.data`.
+    iterator: per-process batches (docs/data.md); default the Grain pipeline of `cfg.data`.
     One with `get_state`/`set_state` is checkpointed and restored with the model.
     devices: the mesh's devices (default all).
     """

@@ -7,7 +7,7 @@ With gradient accumulation the batch is cut into `grad_accum` micro-batches whos
 summed; each micro-batch's cross-entropy is divided by the token count of the *whole* batch, so
 the result is the same objective as one big batch, not a mean of per-micro-batch means.
 
-Batch keys (docs/DATA_TASK.md): tokens, targets, loss_mask, segment_ids, positions, kinds,
+Batch keys (docs/data.md): tokens, targets, loss_mask, segment_ids, positions, kinds,
 images [B, N_img, H, W, 3], image_mask [B, N_img]. `kinds` is optional (per-kind losses).
 """
 

@@ -1,4 +1,4 @@
-"""Synthetic batches in the data contract's shapes (docs/DATA_TASK.md), for the benchmarks and
+"""Synthetic batches in the data contract's shapes (docs/data.md), for the benchmarks and
 the tests, which must not depend on a corpus: batch k is a pure function of (seed, k, shard).
 Token ids are random, so the loss stays near ln(vocab): good for speed and equality checks, not
 for learning."""
