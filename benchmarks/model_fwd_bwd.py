@@ -4,7 +4,8 @@ a fraction of a large matmul's FLOP/s measured in the same run (the CPU's practi
     python benchmarks/model_fwd_bwd.py [--configs demo_cpu,cpu_100m] [--batch 8,1]
 
 Model FLOPs per step come from mm1_jax.inspect (6N + attention per token, XLA's count for the
-encoder + connector per image), counted for fwd+bwd; every image slot holds an image.
+encoder + connector per image), counted for fwd+bwd. Batches come from
+mm1_jax.train.synthetic; the model encodes every image slot (fixed shapes), so every slot counts.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
@@ -25,23 +25,7 @@ from mm1_jax.config import load_config  # noqa: E402
 from mm1_jax.inspect import model_stats  # noqa: E402
 from mm1_jax.models.mm1 import MM1Model  # noqa: E402
 from mm1_jax.perf import measure_matmul_flops  # noqa: E402
-
-
-def synthetic_batch(cfg, b: int, rng) -> dict:
-    """Rows full of images: each slot's placeholders are spread through random text."""
-    s, n, t = cfg.train.seq_len, cfg.data.max_images, cfg.model.connector.num_tokens
-    img = cfg.model.image_token_id
-    tokens = rng.integers(img + 1, cfg.model.decoder.vocab_size, (b, s))
-    for k in range(n):
-        start = k * (s // n)
-        tokens[:, start:start + t] = img
-    hw = cfg.model.vision.image_size
-    return {"tokens": tokens.astype(np.int32), "targets": np.roll(tokens, -1, 1).astype(np.int32),
-            "positions": np.tile(np.arange(s, dtype=np.int32), (b, 1)),
-            "segment_ids": np.ones((b, s), np.int32),
-            "loss_mask": (tokens != img).astype(np.float32),
-            "images": rng.normal(size=(b, n, hw, hw, 3)).astype(np.float32),
-            "image_mask": np.ones((b, n), bool)}
+from mm1_jax.train.synthetic import make_global_batch  # noqa: E402
 
 
 def fwd_bwd(cfg):
@@ -74,7 +58,8 @@ def main():
     for name, b in zip(args.configs.split(","), map(int, args.batch.split(","))):
         cfg = load_config(os.path.join(root, "experiments", f"{name}.py"))
         stats = model_stats(cfg)
-        batch = synthetic_batch(cfg, b, np.random.default_rng(0))
+        cfg.train.batch_size = b
+        batch = make_global_batch(cfg, seed=0, index=0)
         step, params = fwd_bwd(cfg)
         sec = time_fn(step, params, batch, warmup=1, repeats=args.repeats)
         tokens, images = b * cfg.train.seq_len, b * cfg.data.max_images
