@@ -123,7 +123,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.log_every = 10
     c.train.max_bad_steps = 10  # consecutive non-finite steps before the run stops
     # Evaluation (mm1_jax.eval.harness.run_eval) every K steps (0 = never) and/or at the end;
-    # results go to <workdir>/eval.json, TensorBoard and metrics.jsonl.
+    # results go to <workdir>/eval.json and TensorBoard.
     c.train.eval_every = 0
     c.train.eval_at_end = False
     # Build the embedded demo corpus at data.dir if it is absent (experiments/demo_cpu.py).

@@ -180,9 +180,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
         t = time.perf_counter()
         with jax.set_mesh(mesh):
             results = run_eval(nnx.merge(state.recipe.graphdef, state.params), cfg)
-        writer.write(step, results)
-        if jax.process_index() == 0:
-            write_results(workdir, step, results, tensorboard=False)
+        if jax.process_index() == 0:  # eval.json + TensorBoard; metrics.jsonl is one row per train log
+            write_results(workdir, step, results)
         logging.info("step %d: evaluation in %.1f s: %s", step, time.perf_counter() - t, results)
         window["t"] += time.perf_counter() - t  # not charged to the training step time
         return results
