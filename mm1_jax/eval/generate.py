@@ -66,7 +66,7 @@ def generate(model: MM1Model, prompts: Sequence[Sequence[int]], images: np.ndarr
     """Continues each prompt; returns the new tokens of each row, cut before the first stop id.
 
     prompts: token lists that already hold image placeholder runs; images: [b, n_img, H, W, 3]
-    normalised as the data pipeline does; image_mask: [b, n_img]. `use_cache=False` recomputes
+    uint8 pixels as the data pipeline ships them (or CLIP-normalised floats); image_mask: [b, n_img]. `use_cache=False` recomputes
     the whole sequence every step (a reference for tests; same results, quadratic cost).
     """
     tokens, valid = _left_pad(prompts, pad_id)
@@ -75,7 +75,7 @@ def generate(model: MM1Model, prompts: Sequence[Sequence[int]], images: np.ndarr
     if temperature > 0 and rng is None:
         raise ValueError("sampling (temperature > 0) needs an rng key")
     rng = rng if rng is not None else jax.random.key(0)
-    images = jnp.asarray(images, jnp.float32)
+    images = jnp.asarray(images)  # uint8 pixels are normalised by the model; floats pass through
     fn = _decode_cached if use_cache else _decode_uncached
     graphdef, state = nnx.split(model)
     out = fn(graphdef, state, jnp.asarray(tokens), jnp.asarray(valid), images, rng,
@@ -101,6 +101,7 @@ def _decode_cached(graphdef, state, tokens, valid, images, rng, max_new, tempera
 
     # Modules cannot cross into the loop's trace: the decoder's state rides in the carry.
     dec_graph, dec_state = nnx.split(dec)
+    image_token_id = model.image_token_id
 
     def step(i, carry):
         out, cache, key_valid, dec_state = carry
@@ -112,7 +113,6 @@ def _decode_cached(graphdef, state, tokens, valid, images, rng, max_new, tempera
         nxt = _pick(logits[:, 0], rngs[i], temperature, image_token_id)
         return out.at[:, i].set(nxt), cache, key_valid, dec_state
 
-    image_token_id = model.image_token_id
     out, *_ = jax.lax.fori_loop(1, max_new, step, (out, cache, key_valid, dec_state))
     return out
 
@@ -133,8 +133,8 @@ def _decode_uncached(graphdef, state, tokens, valid, images, rng, max_new, tempe
         batch = {"tokens": buf, "positions": positions, "segment_ids": seg, "images": images,
                  "image_mask": image_mask}
         logits, _ = model(batch, train=False)
-        nxt = _pick(jax.lax.dynamic_index_in_dim(logits, length + i - 1, 1, keepdims=False), rngs[i], temperature,
-                    model.image_token_id)
+        last = jax.lax.dynamic_index_in_dim(logits, length + i - 1, 1, keepdims=False)
+        nxt = _pick(last, rngs[i], temperature, model.image_token_id)
         return buf.at[:, length + i].set(nxt), seg.at[:, length + i].set(1), state
 
     buf, *_ = jax.lax.fori_loop(0, max_new, step, (buf, seg, state))

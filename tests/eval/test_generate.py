@@ -64,3 +64,16 @@ def test_placeholder_mismatch_in_prompt_is_an_error(setup):
     cfg, model, prompts, images, mask = setup
     with pytest.raises(PlaceholderMismatchError, match=r"prompts \[0, 2\].*by \[16, 32\]"):
         generate(model, prompts, images, np.zeros_like(mask), max_new_tokens=2, stop_ids=[], pad_id=PAD)
+
+
+def test_uint8_pixels_generate_like_normalised_floats(setup):
+    """The pipeline's uint8 pixels are normalised by the model, not taken as floats."""
+    cfg, model, prompts, images, mask = setup
+    pixels = np.random.default_rng(5).integers(0, 256, (1, 2, 32, 32, 3), dtype=np.uint8)
+    v = cfg.model.vision
+    floats = ((pixels / 255.0 - np.array(v.mean)) / np.array(v.std)).astype(np.float32)
+    kw = dict(max_new_tokens=8, stop_ids=[], pad_id=PAD)
+    got = generate(model, prompts[:1], pixels, mask[:1], **kw)
+    assert got == generate(model, prompts[:1], floats, mask[:1], **kw)
+    # ... and differs from feeding the raw 0..255 values as if they were normalised
+    assert got != generate(model, prompts[:1], pixels.astype(np.float32), mask[:1], **kw)
