@@ -178,8 +178,16 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
         from mm1_jax.eval.harness import run_eval, write_results
 
         t = time.perf_counter()
-        with jax.set_mesh(mesh):
-            results = run_eval(nnx.merge(state.recipe.graphdef, state.params), cfg)
+        if jax.process_count() > 1:
+            # Generation reads its outputs on the host, which a multi-process array does not
+            # allow: every process gathers the parameters and evaluates a local copy.
+            from jax.experimental import multihost_utils
+
+            params = multihost_utils.process_allgather(state.params, tiled=True)
+            results = run_eval(nnx.merge(state.recipe.graphdef, params), cfg)
+        else:
+            with jax.set_mesh(mesh):
+                results = run_eval(nnx.merge(state.recipe.graphdef, state.params), cfg)
         if jax.process_index() == 0:  # eval.json + TensorBoard; metrics.jsonl is one row per train log
             write_results(workdir, step, results)
         logging.info("step %d: evaluation in %.1f s: %s", step, time.perf_counter() - t, results)
