@@ -24,12 +24,13 @@ setup(
         "pyarrow",  # parquet input for the converters (OBELICS-style, text corpora)
         "msgpack",  # the record serialisation inside ArrayRecord shards (mm1_jax/data/records.py)
         "scikit-learn",  # ships the digits images the embedded demo corpus is built from
-        "tensorboard",  # TensorBoard event files for metrics
+        "tensorboardX",  # writes the TensorBoard event files of metrics (mm1_jax/writer.py)
         "tqdm",
         "pycocoevalcap",  # CIDEr for captioning evaluation (its PTB tokenizer uses Java if present)
     ],
     extras_require={
         "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers",
+                 "tensorboard",  # reads the event files back in tests
                  # executing notebooks/quickstart.ipynb headless
                  "nbclient", "nbformat", "ipykernel", "matplotlib"],
         "tpu": ["libtpu"],

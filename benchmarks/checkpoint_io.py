@@ -24,9 +24,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import header  # noqa: E402
 from mm1_jax.config import load_config  # noqa: E402
-from mm1_jax.train import mesh as mesh_lib  # noqa: E402
-from mm1_jax.train.checkpoint import Checkpointer  # noqa: E402
+from mm1_jax.checkpoint import Checkpointer  # noqa: E402
+from mm1_jax.startup import start  # noqa: E402
 from mm1_jax.train.state import abstract_train_state, init_train_state  # noqa: E402
+from mm1_jax.train.synthetic import SPECIAL  # noqa: E402
 
 
 def plain_write_read(arrays: list[np.ndarray], path: str) -> tuple[float, float]:
@@ -49,9 +50,10 @@ def plain_write_read(arrays: list[np.ndarray], path: str) -> tuple[float, float]
 def bench(name: str, directory: str, repeats: int) -> dict:
     cfg = load_config(f"experiments/{name}.py")
     cfg.checkpoint.every, cfg.checkpoint.keep = 1, 1
-    mesh = mesh_lib.make_mesh(cfg)
-    abstract, shardings = abstract_train_state(cfg, mesh)
-    state = init_train_state(cfg, abstract, shardings)
+    cfg.data.tokenizer, cfg.evals = None, {}  # no corpus needed: the state alone is saved
+    run = start(cfg, special=SPECIAL, corpus=False)
+    abstract, shardings = abstract_train_state(run)
+    state = init_train_state(run, abstract, shardings)
     host = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.arrays()))]
     nbytes = sum(a.nbytes for a in host)
     blocking, total, restore, plain_w, plain_r = [], [], [], [], []

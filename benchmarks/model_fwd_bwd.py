@@ -22,14 +22,14 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import header, time_fn  # noqa: E402
 from mm1_jax.config import load_config  # noqa: E402
-from mm1_jax.inspect import model_stats  # noqa: E402
 from mm1_jax.models.mm1 import MM1Model  # noqa: E402
+from mm1_jax.startup import abstract_model  # noqa: E402
 from mm1_jax.perf import measure_matmul_flops  # noqa: E402
-from mm1_jax.train.synthetic import make_global_batch  # noqa: E402
+from mm1_jax.train.synthetic import SPECIAL, make_global_batch  # noqa: E402
 
 
 def fwd_bwd(cfg):
-    model = MM1Model(cfg, rngs=nnx.Rngs(0))
+    model = MM1Model(cfg.model, image_token_id=SPECIAL.image, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
 
     @jax.jit
@@ -57,7 +57,7 @@ def main():
           f"{'tokens/s':>9} {'images/s':>9} {'GFLOP/s':>8} {'vs matmul':>9}")
     for name, b in zip(args.configs.split(","), map(int, args.batch.split(","))):
         cfg = load_config(os.path.join(root, "experiments", f"{name}.py"))
-        stats = model_stats(cfg)
+        stats = abstract_model(cfg, SPECIAL).stats.as_dict()
         cfg.train.batch_size = b
         batch = make_global_batch(cfg, seed=0, index=0)
         step, params = fwd_bwd(cfg)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mm1_jax.config import base_config
+from mm1_jax.config import base_config, expert_mlp_dim
 from mm1_jax.models.moe import MoEFeedForward, capacity, group_shape
 
 # (experts, mode, group_size, tokens; None = --tokens). On CPU, XLA lowers ragged_dot to a
@@ -64,8 +64,10 @@ def dense_step(d: int, hidden: int, key):
 
 
 def moe_step(cfg):
-    graphdef, params = nnx.split(MoEFeedForward(cfg, rngs=nnx.Rngs(0)))
-    m = cfg.model.moe
+    d, m = cfg.model.decoder, cfg.model.moe
+    graphdef, params = nnx.split(MoEFeedForward(m, width=d.width, mlp_dim=expert_mlp_dim(d, m),
+                                                dtype=jnp.dtype(cfg.model.dtype),
+                                                param_dtype=jnp.float32, rngs=nnx.Rngs(0)))
 
     def loss(p, x, r):
         y, stats = nnx.merge(graphdef, p)(x)

@@ -25,19 +25,20 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import header  # noqa: E402
 from mm1_jax.config import load_config  # noqa: E402
-from mm1_jax.train import mesh as mesh_lib  # noqa: E402
+from mm1_jax.startup import start  # noqa: E402
 from mm1_jax.train.loop import compile_step, global_batch  # noqa: E402
 from mm1_jax.train.metrics import model_flops_per_step, peak_flops  # noqa: E402
 from mm1_jax.train.state import abstract_train_state, init_train_state  # noqa: E402
-from mm1_jax.train.synthetic import make_global_batch  # noqa: E402
+from mm1_jax.train.synthetic import SPECIAL, make_global_batch  # noqa: E402
 
 
 def bench(name: str, steps: int, warmup: int = 2) -> dict:
     cfg = load_config(f"experiments/{name}.py")
-    mesh = mesh_lib.make_mesh(cfg)
-    mesh_lib.check_batch(cfg, mesh)
-    abstract, shardings = abstract_train_state(cfg, mesh)
-    state = init_train_state(cfg, abstract, shardings)
+    cfg.data.tokenizer, cfg.evals = None, {}  # synthetic batches
+    run = start(cfg, special=SPECIAL, corpus=False)
+    mesh = run.mesh
+    abstract, shardings = abstract_train_state(run)
+    state = init_train_state(run, abstract, shardings)
     batches = [make_global_batch(cfg, 0, i) for i in range(4)]
     images = [int(b["image_mask"].sum()) for b in batches]
     batches = [global_batch(b, mesh) for b in batches]
@@ -51,7 +52,7 @@ def bench(name: str, steps: int, warmup: int = 2) -> dict:
             times.append(time.perf_counter() - t)
             cpu.append(time.process_time() - c)
     dt = statistics.median(times)
-    flops = model_flops_per_step(cfg)
+    flops = model_flops_per_step(cfg, run.model.stats)
     peak, source = peak_flops(cfg, mesh.devices.flat)
     params = sum(x.size for x in jax.tree.leaves(state.params))
     return {

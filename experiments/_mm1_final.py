@@ -1,4 +1,4 @@
-"""Shared by the MM1 scale-up configs (section 5): ViT-H/14 at 378, C-Abstractor 144 tokens.
+"""Shared by the MM1 scale-up configs (section 4): ViT-H/14 at 378, C-Abstractor 144 tokens.
 
 Not an experiment itself (the leading underscore): `mm1_3b.py` etc. call `mm1_final(...)`.
 MM1 does not publish decoder dimensions; the ones chosen here are Llama-style and land the

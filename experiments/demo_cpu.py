@@ -12,7 +12,7 @@ departs from MM1's pre-training recipe, and why (measured in benchmarks/results/
   here it learned faster than the C-Abstractor (47% vs 34% at 800 steps).
 """
 
-from mm1_jax.config import base_config
+from mm1_jax.config import base_config, evaluator
 
 
 def get_config():
@@ -43,8 +43,9 @@ def get_config():
     c.train.batch_size = 8
     c.train.seq_len = 256
     c.train.log_every = 10
-    c.train.build_demo_data = True  # `python -m mm1_jax.train` builds demo_data/ when absent
-    c.train.eval_at_end = True  # the held-out table (mm1_jax/eval/demo.py)
+    # The held-out table at the end (mm1_jax/eval/demo.py); `python -m mm1_jax.demo` builds
+    # demo_data/ first when it is absent.
+    c.evals.demo = evaluator("demo")
     c.optim.lr = 3e-3
     c.optim.warmup_steps = 20
     c.optim.freeze = (r"^vision/",)

@@ -1,4 +1,4 @@
-"""MM1-3B-MoE (section 5): the 3B decoder with 64 experts in every 2nd FFN; 64B parameters."""
+"""MM1-3B-MoE (section 4): the 3B decoder with 64 experts in every 2nd FFN; 64B parameters."""
 
 from experiments._mm1_final import mm1_final
 

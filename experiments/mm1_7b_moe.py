@@ -1,4 +1,4 @@
-"""MM1-7B-MoE (section 5): the 7B decoder with 32 experts in every 4th FFN; 47B parameters."""
+"""MM1-7B-MoE (section 4): the 7B decoder with 32 experts in every 4th FFN; 47B parameters."""
 
 from experiments._mm1_final import mm1_final
 

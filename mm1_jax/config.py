@@ -23,6 +23,10 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attn_out")
 DTYPES = ("float32", "bfloat16", "float16")
 MESH_AXES = ("data", "fsdp", "tensor", "expert")
 DATA_KINDS = ("interleaved", "caption", "text")
+# Mesh axes the batch is split over (mm1_jax/sharding.py maps the logical "batch" axis to them).
+BATCH_MESH_AXES = ("data", "fsdp", "expert")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")  # data.interpolation (PIL filters)
+RESIZE_MODES = ("center_crop", "squash")  # data.resize_mode
 
 
 class ConfigError(ValueError):
@@ -48,7 +52,10 @@ def base_config() -> ml_collections.ConfigDict:
     v.depth = 24
     v.heads = 16
     v.mlp_dim = 4096
-    v.act = "quick_gelu"  # CLIP's activation; "gelu" for SigLIP/DFN-style checkpoints
+    # CLIP's activation. MM1's DFN-5B ViT-H/14-378 is the QuickGELU variant (OpenCLIP
+    # `ViT-H-14-378-quickgelu`); "gelu" for towers trained with exact GELU (e.g. OpenCLIP's
+    # non-quickgelu ViTs, SigLIP).
+    v.act = "quick_gelu"
     v.norm_eps = 1e-5
     # Which block's output feeds the connector: -1 = last, -2 = penultimate (LLaVA's choice).
     v.feature_layer = -1
@@ -83,25 +90,20 @@ def base_config() -> ml_collections.ConfigDict:
     m.every = 2  # a sparse FFN replaces every `every`-th dense FFN (3B-MoE: 2, 7B-MoE: 4)
     m.top_k = 2  # GShard top-2
     m.expert_mlp_dim = config_dict.placeholder(int)  # defaults to decoder.mlp_dim
-    m.capacity_factor = 1.25  # training capacity factor (GShard)
-    m.eval_capacity_factor = 2.0
-    m.mode = "capacity"  # "capacity" (dispatch/combine, drops over capacity) or "dropless"
-    m.load_balance_coef = 0.01  # MM1 section 5
-    m.z_loss_coef = 0.001  # MM1 section 5 (ST-MoE router z-loss)
+    m.capacity_factor = 1.25  # training capacity factor (GShard); inference never drops
+    m.mode = "capacity"  # training: "capacity" (dispatch/combine, drops over capacity) or "dropless"
+    m.load_balance_coef = 0.01  # MM1 section 4
+    m.z_loss_coef = 0.001  # MM1 section 4 (ST-MoE router z-loss)
     m.group_size = 4096  # tokens per routing group for the capacity path
-
-    # Special token ids the model needs; filled from the tokenizer at start-up
-    # (mm1_jax.data.tokenizer registers them), kept here so jitted code sees constants.
-    c.model.image_token_id = 3
 
     # ---------------------------------------------------------------- data
     c.data = ml_collections.ConfigDict()
     c.data.dir = config_dict.placeholder(str)  # ArrayRecord shards: <dir>/<kind>/*.array_record
     c.data.tokenizer = config_dict.placeholder(str)  # sentencepiece .model
-    c.data.max_images = 16  # per packed sequence (MM1 section 5)
+    c.data.max_images = 16  # per packed sequence (MM1 section 4)
     c.data.mixture = ml_collections.ConfigDict(
         {"interleaved": 0.45, "caption": 0.45, "text": 0.10}
-    )  # MM1 section 5 final mix
+    )  # MM1 section 4 final mix
     c.data.shuffle_seed = 0
     c.data.worker_count = 0  # grain worker processes; 0 = in-process
     c.data.prefetch = 2  # batches prefetched ahead of the step (a thread, or per worker)
@@ -116,18 +118,12 @@ def base_config() -> ml_collections.ConfigDict:
 
     # ---------------------------------------------------------------- training
     c.train = ml_collections.ConfigDict()
-    c.train.steps = 200_000  # MM1 section 5
+    c.train.steps = 200_000  # MM1 section 4
     c.train.batch_size = 512  # global, in sequences
     c.train.seq_len = 4096
     c.train.grad_accum = 1
     c.train.log_every = 10
     c.train.max_bad_steps = 10  # consecutive non-finite steps before the run stops
-    # Evaluation (mm1_jax.eval.harness.run_eval) every K steps (0 = never) and/or at the end;
-    # results go to <workdir>/eval.json and TensorBoard.
-    c.train.eval_every = 0
-    c.train.eval_at_end = False
-    # Build the embedded demo corpus at data.dir if it is absent (experiments/demo_cpu.py).
-    c.train.build_demo_data = False
     # Peak FLOP/s of one device for perf/mfu; None = a table of known accelerators, or on CPU a
     # float32 matmul measured once at start-up (mm1_jax/train/metrics.py).
     c.train.peak_flops = config_dict.placeholder(float)
@@ -137,7 +133,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     o = c.optim = ml_collections.ConfigDict()
     o.lr = config_dict.placeholder(float)  # None: eta(N) from MM1 eq. (1)
-    o.weight_decay_ratio = 0.1  # lambda = 0.1 * eta (MM1 section 3)
+    o.weight_decay_ratio = 0.1  # lambda = 0.1 * eta (MM1 section 4)
     o.warmup_steps = 2000
     o.end_lr_ratio = 0.1  # cosine decays to this fraction of the peak
     o.b1 = 0.9
@@ -148,9 +144,9 @@ def base_config() -> ml_collections.ConfigDict:
     # A multiplier of 0 freezes the group (no update, no optimizer state moment drift).
     o.lr_mult = ()
     o.freeze = ()  # regexes of frozen parameter paths
-    # Regexes of parameters without weight decay: biases and norm gains (common practice; the
-    # paper does not say).
-    o.no_decay = (r"(^|/)(bias|scale)$",)
+    # Weight decay skips every parameter of rank < 2 (biases, norm gains; common practice, the
+    # paper does not say; mm1_jax/train/optimizer.py). Regexes here exempt further parameters.
+    o.no_decay = ()
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 1000
@@ -158,9 +154,52 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.keep_period = 0  # ... and every M-th step forever (0 = off)
     c.checkpoint.async_save = True
 
+    # ---------------------------------------------------------------- evaluation
+    # Named evaluators (big_vision's `config.evals`): each entry is built by
+    # mm1_jax.eval.evaluators.from_config, run by the trainer every `every` steps and at the end
+    # (`at_end`), and by `python -m mm1_jax.eval` on a checkpoint. Metric names are
+    # `<entry name>/<metric>`. Use `evaluator()` below for an entry with every field; see
+    # EVAL_TYPES for what each type reads.
+    c.evals = ml_collections.ConfigDict()
+
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (-1, 1, 1, 1)  # sizes of MESH_AXES; one -1 is inferred from the device count
     return c
+
+
+# Evaluator types and the fields each one needs set (mm1_jax/eval/evaluators.py).
+EVAL_TYPES = {
+    "captioning": ("annotations", "images"),  # COCO-format captions JSON + image folder: CIDEr
+    "vqa": ("questions", "annotations", "images"),  # VQAv2-format JSONs + folder: VQA accuracy
+    "perplexity": ("files",),  # held-out text (record shards/dirs, .jsonl, plain text): ppl
+    "demo": ("dir",),  # the embedded demo corpus's held-out sets (mm1_jax/eval/demo.py)
+}
+
+
+def evaluator(type: str, **fields) -> ml_collections.ConfigDict:  # noqa: A002
+    """One `config.evals` entry with every field at its default, `fields` overriding; the
+    unused fields of a type stay at their defaults (one schema keeps `--config.evals.x.k=v`
+    overrides typed)."""
+    e = ml_collections.ConfigDict()
+    e.type = type  # one of EVAL_TYPES
+    e.every = 0  # run every K training steps (0 = not periodically)
+    e.at_end = True  # run once training reaches train.steps
+    e.annotations = config_dict.placeholder(str)  # captioning: COCO captions; vqa: answers
+    e.questions = config_dict.placeholder(str)  # vqa: VQAv2 questions JSON
+    e.images = config_dict.placeholder(str)  # folder holding the files' images
+    e.files = ()  # perplexity: held-out text files or record directories
+    e.dir = config_dict.placeholder(str)  # demo: the demo corpus (default data.dir)
+    e.shots = (0, 4, 8)  # in-context examples per prompt (MM1 reports 0, 4 and 8)
+    e.support_fraction = 0.5  # share of images (per file) that serve as in-context examples
+    e.limit = config_dict.placeholder(int)  # score only the first N examples (quick runs)
+    e.batch_size = 8  # prompts per generation batch
+    e.max_new_tokens = 20  # captioning 20, VQA short answers need fewer
+    e.seed = 0
+    for k, v in fields.items():
+        if k not in e:
+            raise ConfigError(f"evaluator field {k!r} does not exist; fields: {sorted(e.keys())}")
+        e[k] = v
+    return e
 
 
 # ------------------------------------------------------------------------- derived quantities
@@ -171,22 +210,27 @@ def peak_lr(non_embedding_params: float) -> float:
     return math.exp(-0.4214 * math.log(non_embedding_params) - 0.5535)
 
 
-def vision_grid(cfg: ml_collections.ConfigDict) -> int:
-    """Patches per side of the vision encoder's grid."""
-    return cfg.model.vision.image_size // cfg.model.vision.patch_size
+def vision_grid(v: ml_collections.ConfigDict) -> int:
+    """Patches per side of the vision encoder's grid (v = `cfg.model.vision`)."""
+    return v.image_size // v.patch_size
 
 
-def moe_layer_ids(cfg: ml_collections.ConfigDict) -> list[int]:
-    """0-based decoder layers whose FFN is sparse: the last layer of every `every`-block."""
-    m = cfg.model.moe
-    if not m.num_experts:
+def moe_period(moe: ml_collections.ConfigDict) -> int:
+    """Decoder layers per scanned period: `moe.every` for an MoE decoder, 1 for a dense one."""
+    return moe.every if moe.num_experts else 1
+
+
+def moe_layer_ids(depth: int, moe: ml_collections.ConfigDict) -> list[int]:
+    """0-based decoder layers whose FFN is sparse: the last layer of every period. The one
+    statement of which layers are MoE (the decoder builds its periods from it)."""
+    if not moe.num_experts:
         return []
-    return [i for i in range(cfg.model.decoder.depth) if (i + 1) % m.every == 0]
+    return [i for i in range(depth) if (i + 1) % moe.every == 0]
 
 
-def expert_mlp_dim(cfg: ml_collections.ConfigDict) -> int:
-    m = cfg.model.moe
-    return m.expert_mlp_dim if m.expert_mlp_dim is not None else cfg.model.decoder.mlp_dim
+def expert_mlp_dim(d: ml_collections.ConfigDict, moe: ml_collections.ConfigDict) -> int:
+    """Each expert's SwiGLU hidden size (default: the dense FFN's)."""
+    return moe.expert_mlp_dim if moe.expert_mlp_dim is not None else d.mlp_dim
 
 
 # ------------------------------------------------------------------------- validation
@@ -222,8 +266,8 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _require(side * side == k.num_tokens, "model.connector.num_tokens",
                  f"{k.kind} pools to a square grid, but {k.num_tokens} is not a square "
                  f"(use 64 or 144)")
-        _require(side <= vision_grid(cfg), "model.connector.num_tokens",
-                 f"{side}x{side} output is larger than the {vision_grid(cfg)}-patch grid")
+        _require(side <= vision_grid(v), "model.connector.num_tokens",
+                 f"{side}x{side} output is larger than the {vision_grid(v)}-patch grid")
     if k.kind == "attn_pool":
         _require(k.hidden % k.attn_heads == 0, "model.connector.attn_heads",
                  f"{k.attn_heads} heads do not divide hidden {k.hidden}")
@@ -231,8 +275,6 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(d.heads % d.kv_heads == 0, "model.decoder.kv_heads",
              f"{d.kv_heads} kv heads do not divide {d.heads} query heads")
     _require(d.head_dim % 2 == 0, "model.decoder.head_dim", "RoPE needs an even head_dim")
-    _require(d.vocab_size > cfg.model.image_token_id >= 0, "model.image_token_id",
-             f"{cfg.model.image_token_id} is outside the vocabulary of {d.vocab_size}")
 
     if m.num_experts:
         _require(m.num_experts >= m.top_k, "model.moe.num_experts",
@@ -257,11 +299,40 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
              "train.grad_accum",
              f"{cfg.train.grad_accum} does not divide batch_size {cfg.train.batch_size}")
 
+    _require(cfg.data.interpolation in INTERPOLATIONS, "data.interpolation",
+             f"{cfg.data.interpolation!r} is not one of {INTERPOLATIONS}")
+    _require(cfg.data.resize_mode in RESIZE_MODES, "data.resize_mode",
+             f"{cfg.data.resize_mode!r} is not one of {RESIZE_MODES}")
+    _require(cfg.checkpoint.every >= 1 and cfg.checkpoint.keep >= 1, "checkpoint",
+             f"every ({cfg.checkpoint.every}) and keep ({cfg.checkpoint.keep}) must be >= 1")
+
     shape = tuple(cfg.mesh.shape)
     _require(len(shape) == len(MESH_AXES), "mesh.shape",
              f"{shape} must give one size per axis {MESH_AXES}")
     _require(sum(s == -1 for s in shape) <= 1 and all(s == -1 or s >= 1 for s in shape),
              "mesh.shape", f"{shape}: sizes must be >= 1 with at most one -1")
+    sizes = dict(zip(MESH_AXES, shape))
+    if all(sizes[a] != -1 for a in BATCH_MESH_AXES):  # else only the device count can tell
+        dp = math.prod(sizes[a] for a in BATCH_MESH_AXES)
+        _require(cfg.train.batch_size % (dp * cfg.train.grad_accum) == 0, "train.batch_size",
+                 f"{cfg.train.batch_size} is not divisible by data parallelism "
+                 f"({' x '.join(f'{a}={sizes[a]}' for a in BATCH_MESH_AXES)} = {dp}) x "
+                 f"train.grad_accum ({cfg.train.grad_accum}); use a multiple of "
+                 f"{dp * cfg.train.grad_accum}")
+
+    for name, e in cfg.evals.items():
+        key = f"evals.{name}"
+        _require(e.get("type") in EVAL_TYPES, f"{key}.type",
+                 f"{e.get('type')!r} is not one of {tuple(EVAL_TYPES)}")
+        for field in EVAL_TYPES[e.type]:
+            if field == "dir":  # the demo evaluator defaults to the training corpus
+                continue
+            _require(bool(e.get(field)), f"{key}.{field}", f"a {e.type} evaluator needs it set")
+        _require(e.every >= 0, f"{key}.every", "must be >= 0 (0 = only at the end)")
+        _require(all(k >= 0 for k in e.shots), f"{key}.shots", f"{tuple(e.shots)} must be >= 0")
+        _require(0 <= e.support_fraction < 1, f"{key}.support_fraction", "must be in [0, 1)")
+        _require(e.support_fraction > 0 or not any(e.shots), f"{key}.support_fraction",
+                 "0 leaves no in-context examples for shots > 0")
     return cfg
 
 

@@ -15,12 +15,16 @@ import pytest
 from flax import nnx
 
 from mm1_jax.config import ConfigError, base_config, load_config, peak_lr, validate
-from mm1_jax.inspect import model_stats
+from mm1_jax.startup import abstract_model
+from mm1_jax.train.synthetic import SPECIAL
 from mm1_jax.models.mm1 import MM1Model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = sorted(p for p in glob.glob(os.path.join(ROOT, "experiments", "*.py"))
                      if not os.path.basename(p).startswith("_"))
+
+def _stats(cfg):
+    return abstract_model(cfg, SPECIAL, with_image_flops=False).stats.as_dict()
 
 
 def exp(name):
@@ -35,18 +39,18 @@ def test_eta_matches_mm1_formula():
 
 @pytest.mark.parametrize("name,target,tol", [("mm1_3b_moe", 64e9, 0.03), ("mm1_7b_moe", 47e9, 0.03)])
 def test_moe_totals_match_paper(name, target, tol):
-    s = model_stats(exp(name), with_flops=False)
+    s = _stats(exp(name))
     assert abs(s["total"] / target - 1) < tol, s["total"]
 
 
 @pytest.mark.parametrize("name,target", [("mm1_3b", 3e9), ("mm1_7b", 7e9), ("mm1_30b", 30e9)])
 def test_dense_decoders_match_names(name, target):
-    s = model_stats(exp(name), with_flops=False)
+    s = _stats(exp(name))
     assert abs(s["decoder"] / target - 1) < 0.10, s["decoder"]
 
 
 def test_vit_h_378_encoder_size():
-    s = model_stats(exp("mm1_3b"), with_flops=False)
+    s = _stats(exp("mm1_3b"))
     assert abs(s["vision"] / 632e6 - 1) < 0.01, s["vision"]
     # Independent count of the CLIP layout: conv (no bias) + CLS + 730 positions + ln_pre + 32 blocks.
     w, f, L, p = 1280, 5120, 32, 14
@@ -56,7 +60,7 @@ def test_vit_h_378_encoder_size():
 
 def test_moe_active_parameters():
     cfg = exp("mm1_3b_moe")
-    s = model_stats(cfg, with_flops=False)
+    s = _stats(cfg)
     d = cfg.model.decoder
     expert = 3 * d.width * d.mlp_dim
     n_moe = d.depth // cfg.model.moe.every
@@ -70,12 +74,12 @@ def _abstract_batch(cfg, b=1):
     i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)  # noqa: E731
     return {"tokens": i32(b, s), "targets": i32(b, s), "positions": i32(b, s), "segment_ids": i32(b, s),
             "loss_mask": jax.ShapeDtypeStruct((b, s), jnp.float32),
-            "images": jax.ShapeDtypeStruct((b, n, hw, hw, 3), jnp.float32),
+            "images": jax.ShapeDtypeStruct((b, n, hw, hw, 3), jnp.uint8),
             "image_mask": jax.ShapeDtypeStruct((b, n), jnp.bool_)}
 
 
 def _train_like_step(cfg, batch):
-    model = MM1Model(cfg, rngs=nnx.Rngs(0))
+    model = MM1Model(cfg.model, image_token_id=SPECIAL.image, rngs=nnx.Rngs(0))
     opt = nnx.Optimizer(model, optax.adamw(1e-4), wrt=nnx.Param)
 
     def loss_fn(model):
@@ -95,8 +99,8 @@ def test_train_like_step_traces_abstractly(path):
     assert loss.shape == () and loss.dtype == jnp.float32
 
 
-def test_inspect_cli_json():
-    out = subprocess.run([sys.executable, "-m", "mm1_jax.inspect", "--config=experiments/mm1_7b_moe.py", "--json"],
+def test_summary_cli_json():
+    out = subprocess.run([sys.executable, "-m", "mm1_jax.summary", "--config=experiments/mm1_7b_moe.py", "--json"],
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     stats = json.loads(out.strip().splitlines()[-1])
     assert {"total", "vision", "connector", "decoder", "non_embedding", "active"} <= set(stats)

@@ -33,7 +33,7 @@ def clip_vision_params(sd: Mapping[str, np.ndarray], cfg: ml_collections.ConfigD
     }
     names = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
              "o": "self_attn.out_proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
-    layers = range(num_blocks_used(cfg))
+    layers = range(num_blocks_used(v))
     for ours, theirs in names.items():
         out[("blocks", ours, "kernel")] = stack(
             [sd[f"encoder.layers.{i}.{theirs}.weight"].T for i in layers])

@@ -32,19 +32,29 @@ class ItemSpec:
     resize_mode: str = "center_crop"
 
 
-def layout(record: Record, tok: Tokenizer, tokens_per_image: int) -> tuple[list[int], list[int]]:
-    """Token ids of the whole record and the start index of each image block in them."""
+def layout_segments(segments, tok: Tokenizer, tokens_per_image: int, *, eos: bool = True
+                    ) -> tuple[list[int], list[int]]:
+    """The one token layout of a document given as segments ({"text": str} or {"image": ...}),
+    for training items and evaluation prompts alike: <s>, each text segment encoded on its own,
+    each image as <img> <image> x T </img>, and </s> unless `eos` is False (a prompt the model
+    continues). Returns the ids and the start index of each image block in them."""
     ids = [tok.bos_id]
     starts = []
     block = tok.image_block(tokens_per_image)
-    for seg in record.segments:
+    for seg in segments:
         if "text" in seg:
             ids.extend(tok.encode(seg["text"]))
         else:
             starts.append(len(ids))
             ids.extend(block)
-    ids.append(tok.eos_id)
+    if eos:
+        ids.append(tok.eos_id)
     return ids, starts
+
+
+def layout(record: Record, tok: Tokenizer, tokens_per_image: int) -> tuple[list[int], list[int]]:
+    """Token ids of the whole record and the start index of each image block in them."""
+    return layout_segments(record.segments, tok, tokens_per_image)
 
 
 def cut(n_tokens: int, starts: list[int], block_len: int, seq_len: int,

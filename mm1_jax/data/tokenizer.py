@@ -5,7 +5,7 @@ defines them; the image placeholder `<image>` and the delimiters `<img>` / `</im
 `<s>`, `</s>` where missing) are appended as CONTROL pieces. Control pieces are never produced by
 `encode`, so a document that literally contains "<image>" cannot fake an image slot; the pipeline
 inserts them by id. Appending grows `vocab_size` past the file's own size: the decoder's
-`model.decoder.vocab_size` must cover it (mm1_jax.data.tokenizer.apply_to_config checks).
+`model.decoder.vocab_size` must cover it (start-up checks: mm1_jax.startup.special_ids).
 
     python -m mm1_jax.data.tokenizer --input=corpus_dir_or_files --vocab_size=32000 --output=tok.model
 """
@@ -13,6 +13,7 @@ inserts them by id. Appending grows `vocab_size` past the file's own size: the d
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -24,6 +25,19 @@ from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 IMAGE, IMAGE_START, IMAGE_END = "<image>", "<img>", "</img>"
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 _Piece = sp_pb2.ModelProto.SentencePiece
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialIds:
+    """The special token ids the model, the pipeline and evaluation need, resolved once at
+    start-up from the tokenizer and passed along as a value."""
+
+    pad: int
+    bos: int
+    eos: int
+    image: int  # the image placeholder <image>, one per image token
+    image_start: int  # <img>
+    image_end: int  # </img>
 
 
 class TokenizerError(ValueError):
@@ -71,6 +85,11 @@ class Tokenizer:
         self.special_ids = frozenset((self.bos_id, self.eos_id, self.pad_id, self.image_id,
                                       self.image_start_id, self.image_end_id))
 
+    @property
+    def special(self) -> SpecialIds:
+        return SpecialIds(pad=self.pad_id, bos=self.bos_id, eos=self.eos_id, image=self.image_id,
+                          image_start=self.image_start_id, image_end=self.image_end_id)
+
     def encode(self, text: str) -> list[int]:
         return self._sp.encode(text, out_type=int)
 
@@ -87,18 +106,6 @@ class Tokenizer:
     def image_block(self, tokens_per_image: int) -> list[int]:
         """The ids one image occupies: <img>, tokens_per_image x <image>, </img>."""
         return [self.image_start_id] + [self.image_id] * tokens_per_image + [self.image_end_id]
-
-
-def apply_to_config(cfg, tok: Tokenizer) -> None:
-    """Writes the tokenizer's image id into cfg.model and checks the vocabulary fits the decoder."""
-    from mm1_jax.config import ConfigError
-
-    if cfg.model.decoder.vocab_size < tok.vocab_size:
-        raise ConfigError(
-            f"config.model.decoder.vocab_size: {cfg.model.decoder.vocab_size} is smaller than the "
-            f"{tok.vocab_size} pieces of {tok.path} (special tokens included); raise it to at "
-            f"least {tok.vocab_size}")
-    cfg.model.image_token_id = tok.image_id
 
 
 # ---------------------------------------------------------------------------------- training

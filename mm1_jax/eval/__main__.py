@@ -1,13 +1,15 @@
-"""`python -m mm1_jax.eval --config=experiments/<x>.py --workdir=DIR [--checkpoint=STEP] [tasks]`
+"""`python -m mm1_jax.eval --config=experiments/<x>.py --workdir=DIR [--checkpoint=STEP]
+[--only=NAME,...] [--config.evals.<name>.<field>=VALUE ...]`
 
-Evaluates the newest complete checkpoint of DIR (or STEP) and writes DIR/eval.json plus
-TensorBoard scalars. With no task flags, a config whose data.dir is the demo corpus gets the demo
-metrics. Real benchmarks:
+Restores the parameters of DIR's newest complete checkpoint (or STEP) onto the config's mesh, in
+the shardings training uses, and runs the evaluators of `config.evals` (all, or those named by
+--only): the same ones the trainer runs. Results go to DIR/eval.json and TensorBoard, and are
+printed. Settings of an evaluator are config overrides, e.g. a quick look at 100 examples:
 
-    --captions=captions_val2014.json --caption_images=val2014/
-    --vqa_questions=v2_OpenEnded_mscoco_val2014_questions.json
-    --vqa_annotations=v2_mscoco_val2014_annotations.json --vqa_images=val2014/
-    --text=heldout.jsonl  --shots=0,4,8  --limit=500
+    python -m mm1_jax.eval --config=experiments/my_run.py --workdir=DIR \\
+        --config.evals.coco.limit=100 --config.evals.coco.shots=0,4
+
+An experiment declares its evaluators with `mm1_jax.config.evaluator(...)` (README, "Evaluation").
 """
 
 from __future__ import annotations
@@ -17,44 +19,29 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from mm1_jax.config import ConfigError
+from mm1_jax.eval.readers import EvalDataError
+from mm1_jax.eval.restore import evaluate_checkpoint
+from mm1_jax.writer import MetricsWriter
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory holding checkpoints/.")
 _CHECKPOINT = flags.DEFINE_integer("checkpoint", None, "Step to evaluate (default: newest).")
-_CAPTIONS = flags.DEFINE_string("captions", None, "COCO-format captions JSON.")
-_CAPTION_IMAGES = flags.DEFINE_string("caption_images", None, "Folder of the captions' images.")
-_CAPTION_NAME = flags.DEFINE_string("caption_name", "coco", "Metric prefix for captioning.")
-_VQA_Q = flags.DEFINE_string("vqa_questions", None, "VQAv2-format questions JSON.")
-_VQA_A = flags.DEFINE_string("vqa_annotations", None, "VQAv2-format annotations JSON.")
-_VQA_IMAGES = flags.DEFINE_string("vqa_images", None, "Folder of the questions' images.")
-_VQA_NAME = flags.DEFINE_string("vqa_name", "vqav2", "Metric prefix for VQA.")
-_TEXT = flags.DEFINE_list("text", [], "Held-out text: record shards/dirs, .jsonl, text files.")
-_DEMO = flags.DEFINE_enum("demo", "auto", ["auto", "yes", "no"],
-                          "Demo metrics: auto = when config data.dir is a demo corpus.")
-_SHOTS = flags.DEFINE_list("shots", ["0", "4", "8"], "Shot counts for captioning and VQA.")
-_SUPPORT = flags.DEFINE_float("support_fraction", 0.5, "Share of images used as in-context examples.")
-_LIMIT = flags.DEFINE_integer("limit", None, "Evaluate the first N examples of each file.")
-_BATCH = flags.DEFINE_integer("batch_size", 8, "Prompts per generation batch.")
+_ONLY = flags.DEFINE_list("only", [], "Names of config.evals entries to run (default: all).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
     del argv
-    from mm1_jax.eval.harness import EvalTasks, load_model, run_eval, write_results
-
     try:
-        tasks = EvalTasks(
-            caption_annotations=_CAPTIONS.value, caption_images=_CAPTION_IMAGES.value,
-            caption_name=_CAPTION_NAME.value, vqa_questions=_VQA_Q.value,
-            vqa_annotations=_VQA_A.value, vqa_images=_VQA_IMAGES.value, vqa_name=_VQA_NAME.value,
-            text=tuple(_TEXT.value), demo={"auto": None, "yes": True, "no": False}[_DEMO.value],
-            shots=tuple(int(k) for k in _SHOTS.value), support_fraction=_SUPPORT.value,
-            limit=_LIMIT.value, batch_size=_BATCH.value)
-        model, step, cfg = load_model(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value)
-        results = run_eval(model, cfg, tasks)
-    except (ValueError, FileNotFoundError) as e:  # ConfigError, EvalDataError are ValueErrors
+        results, step = evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, step=_CHECKPOINT.value,
+                                            only=_ONLY.value)
+    except (ConfigError, EvalDataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    path = write_results(_WORKDIR.value, step, results)
+    writer = MetricsWriter(_WORKDIR.value)
+    path = writer.write_eval(step, results)
+    writer.close()
     width = max(map(len, results))
     for name, value in sorted(results.items()):
         print(f"{name.ljust(width)}  {value:.4f}")

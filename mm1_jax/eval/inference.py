@@ -41,7 +41,7 @@ def generate_texts(model, tok, items: Sequence[PromptItem], load_image: Callable
         idx = order[start:start + batch_size]
         rows = [items[i] for i in idx] + [items[idx[-1]]] * (batch_size - len(idx))
         n_img = max(len(r.images) for r in rows)
-        images = np.zeros((len(rows), n_img, image_size, image_size, 3), np.float32)
+        images = np.zeros((len(rows), n_img, image_size, image_size, 3), np.uint8)
         mask = np.zeros((len(rows), n_img), bool)
         for b, r in enumerate(rows):
             for k, src in enumerate(r.images):
@@ -63,29 +63,30 @@ def _nll(graphdef, state, batch):
 
 
 def text_perplexity(model, docs: Sequence[Sequence[int]], *, batch_size: int, seq_len: int,
-                    pad_id: int, image_size: int) -> tuple[float, int]:
+                    special, image_size: int) -> tuple[float, int]:
     """(perplexity, scored tokens) of text-only token sequences (<s> ... </s>, as
     mm1_jax.data.examples.layout writes them), each cut to seq_len and alone in its row: exp of
-    the mean negative log-likelihood of every next token inside a document, the targets the
-    trainer's loss counts for text."""
+    the mean negative log-likelihood of the tokens the trainer's loss counts (targets and mask
+    from the batch contract's one function). special: the tokenizer's SpecialIds."""
+    from mm1_jax.data.batch import targets_and_loss_mask
+
     docs = [list(d[:seq_len]) for d in docs if len(d) > 1]
     if not docs:
         raise ValueError("text perplexity: no held-out text tokens to score")
     graphdef, state = nnx.split(model)
     total, count = 0.0, 0.0
     for start in range(0, len(docs), batch_size):
-        b = {"tokens": np.full((batch_size, seq_len), pad_id, np.int32),
-             "targets": np.full((batch_size, seq_len), pad_id, np.int32),
-             "loss_mask": np.zeros((batch_size, seq_len), np.float32),
-             "segment_ids": np.zeros((batch_size, seq_len), np.int32),
-             "positions": np.zeros((batch_size, seq_len), np.int32),
-             "images": np.zeros((batch_size, 0, image_size, image_size, 3), np.float32),
-             "image_mask": np.zeros((batch_size, 0), bool)}
+        tokens = np.full((batch_size, seq_len), special.pad, np.int32)
+        segment_ids = np.zeros((batch_size, seq_len), np.int32)
+        positions = np.zeros((batch_size, seq_len), np.int32)
         for r, doc in enumerate(docs[start:start + batch_size]):
-            n = len(doc)
-            b["tokens"][r, :n], b["targets"][r, :n - 1] = doc, doc[1:]
-            b["loss_mask"][r, :n - 1] = 1.0
-            b["segment_ids"][r, :n], b["positions"][r, :n] = 1, np.arange(n)
+            tokens[r, :len(doc)], segment_ids[r, :len(doc)] = doc, 1
+            positions[r, :len(doc)] = np.arange(len(doc))
+        targets, loss_mask = targets_and_loss_mask(tokens, segment_ids, special)
+        b = {"tokens": tokens, "targets": targets, "loss_mask": loss_mask,
+             "segment_ids": segment_ids, "positions": positions,
+             "images": np.zeros((batch_size, 0, image_size, image_size, 3), np.uint8),
+             "image_mask": np.zeros((batch_size, 0), bool)}
         nll, n_tok = jax.device_get(_nll(graphdef, state, b))
         total, count = total + float(nll), count + float(n_tok)
     return math.exp(total / count), int(count)

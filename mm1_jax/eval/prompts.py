@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from mm1_jax.data.examples import layout_segments
+
 CAPTION_PROMPT = "{IMAGE} A photo of"
 VQA_PROMPT = "{IMAGE} Question: {QUESTION} Short answer:"
 IMAGE = "{IMAGE}"
@@ -65,17 +67,10 @@ def few_shot(template: str, shots: Sequence[tuple], query_image, **query_fields:
 
 
 def tokenize(segments: Sequence[dict], tok, tokens_per_image: int) -> tuple[list[int], list]:
-    """(token ids, image sources in order) of a prompt; no end-of-sequence token, since the model
-    continues it."""
-    ids = [tok.bos_id]
-    images = []
-    for seg in segments:
-        if "text" in seg:
-            ids.extend(tok.encode(seg["text"]))
-        else:
-            images.append(seg["image"])
-            ids.extend(tok.image_block(tokens_per_image))
-    return ids, images
+    """(token ids, image sources in order) of a prompt, in the data pipeline's layout; no
+    end-of-sequence token, since the model continues it."""
+    ids, _ = layout_segments(segments, tok, tokens_per_image, eos=False)
+    return ids, [seg["image"] for seg in segments if "image" in seg]
 
 
 def clean_answer(text: str, stop_strings: Sequence[str] = ("\n", "Question:")) -> str:

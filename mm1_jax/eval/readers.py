@@ -138,20 +138,14 @@ def _sort_key(x):
     return (0, x, "") if isinstance(x, int) else (1, 0, str(x))
 
 
-def load_image(source: str | bytes, size: int, mean, std, interpolation: str = "bicubic",
+def load_image(source: str | bytes, size: int, interpolation: str = "bicubic",
                resize_mode: str = "center_crop") -> np.ndarray:
-    """A file path or encoded bytes -> float32 [size, size, 3], resized and normalised as the data
-    pipeline does ((x / 255 - mean) / std)."""
+    """A file path or encoded bytes -> uint8 [size, size, 3], decoded and resized as the data
+    pipeline does; the model normalises the pixels (one image contract for training and
+    evaluation)."""
     from mm1_jax.data.images import decode_resize
 
     if isinstance(source, str):
         with open(source, "rb") as f:
             source = f.read()
-    pixels = decode_resize(source, size, interpolation, resize_mode).astype(np.float32)
-    return (pixels / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-
-
-def image_loader(cfg):
-    """`load(path_or_bytes) -> [S, S, 3] float32` with the model's size and the data settings."""
-    v, d = cfg.model.vision, cfg.data
-    return lambda src: load_image(src, v.image_size, v.mean, v.std, d.interpolation, d.resize_mode)
+    return decode_resize(source, size, interpolation, resize_mode)

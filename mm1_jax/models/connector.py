@@ -24,7 +24,6 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from mm1_jax.config import vision_grid
 from mm1_jax.models import layers
 
 # Honeybee's PreTrainedModel init: N(0, 0.02) for conv/linear weights and the position embedding.
@@ -195,12 +194,12 @@ class CAbstractor(nnx.Module):
     and the readout reads the pooled v-wide features, as in Honeybee.
     """
 
-    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        k = cfg.model.connector
-        dt, pdt = layers.dtypes(cfg)
-        v, c, d = cfg.model.vision.width, k.hidden, cfg.model.decoder.width
+    def __init__(self, k: ml_collections.ConfigDict, *, vision_width: int, vision_grid: int,
+                 width: int, dtype, param_dtype, rngs: nnx.Rngs):
+        dt, pdt = dtype, param_dtype
+        v, c, d = vision_width, k.hidden, width
         self.dtype, self.side = dt, _side(k.num_tokens)
-        self.pos_emb = layers.param(rngs, _INIT, (vision_grid(cfg) ** 2, v), (None, "conv"), pdt)
+        self.pos_emb = layers.param(rngs, _INIT, (vision_grid ** 2, v), (None, "conv"), pdt)
         kw = dict(dtype=dt, param_dtype=pdt, rngs=rngs)
         self.stage1 = RegStage(k.depth, v, c, k.se_ratio, **kw) if k.depth else None
         self.stage2 = RegStage(k.depth, c, c, k.se_ratio, **kw) if k.depth else None
@@ -216,12 +215,7 @@ class CAbstractor(nnx.Module):
         Resized like the encoder's own position embedding (mm1_jax/models/vision.py), so the
         higher-resolution SFT images (448..672 px) pass through encoder and connector alike.
         """
-        pos = self.pos_emb[...]
-        g0 = math.isqrt(pos.shape[0])
-        if grid == g0:
-            return pos
-        pos = jax.image.resize(pos.reshape(g0, g0, -1), (grid, grid, pos.shape[-1]), "bicubic")
-        return pos.reshape(grid * grid, -1)
+        return layers.resize_grid(self.pos_emb[...], grid)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = _grid(x.astype(self.dtype))
@@ -241,12 +235,12 @@ class CAbstractor(nnx.Module):
 class AvgPoolConnector(nnx.Module):
     """MM1's average-pooling ablation: x [n, p, v] -> adaptive n x n avg pool -> Linear(v, d)."""
 
-    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        dt, pdt = layers.dtypes(cfg)
-        self.side = _side(cfg.model.connector.num_tokens)
-        self.proj = layers.Linear(cfg.model.vision.width, cfg.model.decoder.width,
-                                  ("conv", "embed"), bias=True, dtype=dt, param_dtype=pdt,
-                                  rngs=rngs, init=_INIT)
+    def __init__(self, k: ml_collections.ConfigDict, *, vision_width: int, vision_grid: int,
+                 width: int, dtype, param_dtype, rngs: nnx.Rngs):
+        del vision_grid
+        self.side = _side(k.num_tokens)
+        self.proj = layers.Linear(vision_width, width, ("conv", "embed"), bias=True, dtype=dtype,
+                                  param_dtype=param_dtype, rngs=rngs, init=_INIT)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = adaptive_avg_pool2d(_grid(x), (self.side, self.side))
@@ -259,16 +253,17 @@ class AttnPoolConnector(nnx.Module):
     Layout (Qwen-VL-resampler style, c = connector.hidden, a = attn_heads, k = c / a):
       kv    = ln_kv(x @ kv_proj)                      [n, p, c]   kv_proj [v, c], no bias
       q     = ln_q(queries)                           [t, c]      queries [t, c]
-      attn  = MHA(q, kv, kv): q/k/v kernels [c, a, k] with bias [a, k], softmax in float32,
+      attn  = MHA(q, kv, kv): q/k/v kernels [c, a, k] with bias [c], softmax in float32,
               scale 1/sqrt(k), out kernel [a, k, c] with bias [c]   (= torch MultiheadAttention)
       y     = ln_post(attn) @ proj + b                [n, t, d]   proj [c, d]
     No position embedding: the CLIP features already carry their position.
     """
 
-    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        kc = cfg.model.connector
-        dt, pdt = layers.dtypes(cfg)
-        v, c, d, a = cfg.model.vision.width, kc.hidden, cfg.model.decoder.width, kc.attn_heads
+    def __init__(self, kc: ml_collections.ConfigDict, *, vision_width: int, vision_grid: int,
+                 width: int, dtype, param_dtype, rngs: nnx.Rngs):
+        del vision_grid
+        dt, pdt = dtype, param_dtype
+        v, c, d, a = vision_width, kc.hidden, width, kc.attn_heads
         if c % a:
             raise ValueError(f"config.model.connector.attn_heads: {a} does not divide hidden {c}")
         self.dtype, self.heads = dt, a
@@ -283,7 +278,9 @@ class AttnPoolConnector(nnx.Module):
         zero = nnx.initializers.zeros
         zeros = lambda shape, names: layers.param(rngs, zero, shape, names, pdt)  # noqa: E731
         self.wq, self.wk, self.wv = (proj((c, a, hd), ("conv", None, None)) for _ in range(3))
-        self.bq, self.bk, self.bv = (zeros((a, hd), (None, None)) for _ in range(3))
+        # Biases are vectors, as torch's in_proj_bias slices (and as the optimiser's no-decay rule
+        # expects of every bias); reshaped per head where used.
+        self.bq, self.bk, self.bv = (zeros((c,), ("conv",)) for _ in range(3))
         self.wo = proj((a, hd, c), (None, None, "conv"))
         self.bo = zeros((c,), ("conv",))
         self.ln_post = layers.LayerNorm(c, **ln)
@@ -295,9 +292,10 @@ class AttnPoolConnector(nnx.Module):
         cast = lambda p: p[...].astype(dt)  # noqa: E731
         kv = self.ln_kv(self.kv_proj(x))
         q = self.ln_q(self.queries[...]).astype(dt)
-        q = jnp.einsum("tc,cak->tak", q, cast(self.wq)) + cast(self.bq)
-        k = jnp.einsum("npc,cak->npak", kv, cast(self.wk)) + cast(self.bk)
-        v = jnp.einsum("npc,cak->npak", kv, cast(self.wv)) + cast(self.bv)
+        heads = lambda b: cast(b).reshape(self.heads, -1)  # noqa: E731
+        q = jnp.einsum("tc,cak->tak", q, cast(self.wq)) + heads(self.bq)
+        k = jnp.einsum("npc,cak->npak", kv, cast(self.wk)) + heads(self.bk)
+        v = jnp.einsum("npc,cak->npak", kv, cast(self.wv)) + heads(self.bv)
         logits = jnp.einsum("tak,npak->natp", q, k, preferred_element_type=jnp.float32)
         probs = jax.nn.softmax(logits / math.sqrt(q.shape[-1]), axis=-1).astype(dt)
         o = jnp.einsum("natp,npak->ntak", probs, v)
@@ -308,37 +306,13 @@ class AttnPoolConnector(nnx.Module):
 _KINDS = {"c_abstractor": CAbstractor, "avg_pool": AvgPoolConnector, "attn_pool": AttnPoolConnector}
 
 
-def build_connector(cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> nnx.Module:
-    """The connector named by cfg.model.connector.kind; __call__: [n, g*g, v] -> [n, t, d]."""
-    kind = cfg.model.connector.kind
-    if kind not in _KINDS:
-        raise ValueError(f"config.model.connector.kind: unknown {kind!r}; choose one of "
+def build_connector(k: ml_collections.ConfigDict, *, vision_width: int, vision_grid: int,
+                    width: int, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.Module:
+    """The connector named by `k.kind` (k = `cfg.model.connector`) from `vision_width`-wide
+    features on a `vision_grid` x `vision_grid` patch grid to `width`-wide decoder tokens;
+    __call__: [n, g*g, v] -> [n, t, d]."""
+    if k.kind not in _KINDS:
+        raise ValueError(f"config.model.connector.kind: unknown {k.kind!r}; choose one of "
                          f"{tuple(_KINDS)}")
-    return _KINDS[kind](cfg, rngs=rngs)
-
-
-# ------------------------------------------------------------------------- parameter counts
-
-
-def _bottleneck_params(c_in: int, c: int, se_ratio: float) -> int:
-    r = se_width(c_in, se_ratio) if se_ratio else 0
-    n = c_in * c + 9 * c + c * c + 3 * 2 * c  # conv1, depthwise conv2, conv3, their 3 LNs
-    n += (2 * c * r + r + c) if se_ratio else 0  # SE fc1 + fc2 with biases
-    n += (c_in * c + 2 * c) if c_in != c else 0  # shortcut conv + LN
-    return n
-
-
-def num_params(cfg: ml_collections.ConfigDict) -> int:
-    """Exact parameter count of the configured connector (independent of the module code)."""
-    k = cfg.model.connector
-    v, c, d, t = cfg.model.vision.width, k.hidden, cfg.model.decoder.width, k.num_tokens
-    if k.kind == "avg_pool":
-        return v * d + d
-    if k.kind == "attn_pool":
-        return t * c + v * c + 3 * 2 * c + 4 * (c * c + c) + c * d + d
-    n = vision_grid(cfg) ** 2 * v
-    if k.depth:
-        n += _bottleneck_params(v, c, k.se_ratio)
-        n += (2 * k.depth - 1) * _bottleneck_params(c, c, k.se_ratio)
-    width = c if k.depth else v
-    return n + width * d + d + (k.mlp_depth - 1) * (d * d + d)
+    return _KINDS[k.kind](k, vision_width=vision_width, vision_grid=vision_grid, width=width,
+                          dtype=dtype, param_dtype=param_dtype, rngs=rngs)

@@ -1,7 +1,7 @@
 """Llama-compatible decoder (RMSNorm, SwiGLU, RoPE, optional GQA), dense or with top-2 MoE FFNs.
 
 Layers are grouped in periods of `moe.every` blocks: `every - 1` dense blocks then one block whose
-FFN is sparse (MM1 section 5: 3B-MoE replaces every 2nd FFN, 7B-MoE every 4th). The groups are
+FFN is sparse (MM1 section 4: 3B-MoE replaces every 2nd FFN, 7B-MoE every 4th). The groups are
 stacked on a leading "layers" axis and run with `nnx.scan`; a dense decoder is a period of one.
 
 Packing: attention is causal *within* a segment (`segment_ids`, 0 = padding), and RoPE uses the
@@ -19,8 +19,9 @@ import ml_collections
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from mm1_jax.config import moe_layer_ids
+from mm1_jax.config import expert_mlp_dim, moe_layer_ids, moe_period
 from mm1_jax.models import layers
+from mm1_jax.models.moe import MoEFeedForward
 from mm1_jax.sharding import constrain
 
 
@@ -46,9 +47,8 @@ def attention_mask(segment_ids: jax.Array) -> jax.Array:
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        d = cfg.model.decoder
-        dt, pdt = layers.dtypes(cfg)
+    def __init__(self, d: ml_collections.ConfigDict, *, dtype, param_dtype, rngs: nnx.Rngs):
+        dt, pdt = dtype, param_dtype
         self.dtype, self.theta = dt, d.rope_theta
         init = nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
         self.wq = layers.param(rngs, init, (d.width, d.heads, d.head_dim), ("embed", "heads", "head_dim"), pdt)
@@ -75,10 +75,8 @@ class Attention(nnx.Module):
 
 
 class SwiGLU(nnx.Module):
-    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        d = cfg.model.decoder
-        dt, pdt = layers.dtypes(cfg)
-        lin = dict(bias=False, dtype=dt, param_dtype=pdt, rngs=rngs)
+    def __init__(self, d: ml_collections.ConfigDict, *, dtype, param_dtype, rngs: nnx.Rngs):
+        lin = dict(bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.gate = layers.Linear(d.width, d.mlp_dim, ("embed", "mlp"), **lin)
         self.up = layers.Linear(d.width, d.mlp_dim, ("embed", "mlp"), **lin)
         self.down = layers.Linear(d.mlp_dim, d.width, ("mlp", "embed"), **lin)
@@ -90,19 +88,17 @@ class SwiGLU(nnx.Module):
 class Block(nnx.Module):
     """Pre-norm decoder block; the FFN is a SwiGLU or, with `sparse`, a top-2 MoE."""
 
-    def __init__(self, cfg: ml_collections.ConfigDict, *, sparse: bool, rngs: nnx.Rngs):
-        d = cfg.model.decoder
-        _, pdt = layers.dtypes(cfg)
-        self.attn_norm = layers.RMSNorm(d.width, eps=d.norm_eps, param_dtype=pdt, rngs=rngs)
-        self.attn = Attention(cfg, rngs=rngs)
-        self.ffn_norm = layers.RMSNorm(d.width, eps=d.norm_eps, param_dtype=pdt, rngs=rngs)
+    def __init__(self, d: ml_collections.ConfigDict, moe: ml_collections.ConfigDict, *,
+                 sparse: bool, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.attn_norm = layers.RMSNorm(d.width, eps=d.norm_eps, param_dtype=param_dtype, rngs=rngs)
+        self.attn = Attention(d, **kw)
+        self.ffn_norm = layers.RMSNorm(d.width, eps=d.norm_eps, param_dtype=param_dtype, rngs=rngs)
         self.sparse = sparse
         if sparse:
-            from mm1_jax.models.moe import MoEFeedForward
-
-            self.ffn = MoEFeedForward(cfg, rngs=rngs)
+            self.ffn = MoEFeedForward(moe, width=d.width, mlp_dim=expert_mlp_dim(d, moe), **kw)
         else:
-            self.ffn = SwiGLU(cfg, rngs=rngs)
+            self.ffn = SwiGLU(d, **kw)
 
     def __call__(self, x, positions, mask, token_mask, train: bool, kv=None, index=None):
         y, kv = self.attn(self.attn_norm(x), positions, mask, kv, index)
@@ -117,13 +113,15 @@ class Block(nnx.Module):
 
 
 class Period(nnx.Module):
-    """`every` consecutive blocks; in an MoE decoder the last one is sparse."""
+    """`moe_period` consecutive blocks, sparse where `moe_layer_ids` says (the same in every
+    period, so the periods stack and scan)."""
 
-    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        sparse = bool(cfg.model.moe.num_experts)
-        n = cfg.model.moe.every if sparse else 1
+    def __init__(self, d: ml_collections.ConfigDict, moe: ml_collections.ConfigDict, *, dtype,
+                 param_dtype, rngs: nnx.Rngs):
+        sparse = set(moe_layer_ids(d.depth, moe))
         self.blocks = nnx.List(
-            [Block(cfg, sparse=sparse and i == n - 1, rngs=rngs) for i in range(n)])
+            [Block(d, moe, sparse=i in sparse, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+             for i in range(moe_period(moe))])
 
     def __call__(self, x, positions, mask, token_mask, train: bool, kv=None, index=None):
         """kv: None or a cache (k, v), each [blocks, b, T, g, k]."""
@@ -139,28 +137,35 @@ class Period(nnx.Module):
 
 
 class Decoder(nnx.Module):
-    """tokens -> logits; `embeds` lets the MM1 model substitute image features for placeholders."""
+    """Input embeddings [b, t, d] -> float32 logits; the MM1 model substitutes image features
+    for placeholders between `embed_tokens` and the blocks.
 
-    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        d = cfg.model.decoder
-        dt, pdt = layers.dtypes(cfg)
-        self.dtype, self.remat_policy = dt, cfg.model.remat
+    d: `cfg.model.decoder`; moe: `cfg.model.moe` (num_experts 0 = dense); remat: the policy
+    name applied to every scanned period.
+
+    The output projection runs in float32 (its inputs and weights cast up): the logits feed a
+    float32 cross-entropy over the whole vocabulary, and producing them in bf16 first would round
+    every logit to 8 bits of mantissa before the softmax.
+    """
+
+    def __init__(self, d: ml_collections.ConfigDict, moe: ml_collections.ConfigDict, *, dtype,
+                 param_dtype, remat: str, rngs: nnx.Rngs):
+        dt, pdt = dtype, param_dtype
+        self.dtype, self.remat_policy = dt, remat
         self.tie = d.tie_embeddings
         self.embed = layers.param(rngs, nnx.initializers.normal(0.02), (d.vocab_size, d.width),
                                   ("vocab", "embed"), pdt)
-        n_periods = d.depth // (cfg.model.moe.every if cfg.model.moe.num_experts else 1)
 
-        @nnx.split_rngs(splits=n_periods)
+        @nnx.split_rngs(splits=d.depth // moe_period(moe))
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
         def make_periods(r):
-            return Period(cfg, rngs=r)
+            return Period(d, moe, dtype=dt, param_dtype=pdt, rngs=r)
 
         self.periods = make_periods(rngs)
         self.final_norm = layers.RMSNorm(d.width, eps=d.norm_eps, param_dtype=pdt, rngs=rngs)
         if not self.tie:
             self.lm_head = layers.Linear(d.width, d.vocab_size, ("embed", "vocab"), bias=False,
-                                         dtype=dt, param_dtype=pdt, rngs=rngs)
-        self.n_sparse = len(moe_layer_ids(cfg))
+                                         dtype=jnp.float32, param_dtype=pdt, rngs=rngs)
 
     def embed_tokens(self, tokens: jax.Array) -> jax.Array:
         return jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)
@@ -209,9 +214,9 @@ class Decoder(nnx.Module):
             return h, stats, kv
 
         x, stats, kv = run(self.periods, constrain(x, ("batch", "seq", None)), kv)
-        x = self.final_norm(x)
+        x = self.final_norm(x).astype(jnp.float32)
         if self.tie:
-            logits = jnp.einsum("btd,vd->btv", x, self.embed[...].astype(self.dtype))
+            logits = jnp.einsum("btd,vd->btv", x, self.embed[...].astype(jnp.float32))
         else:
             logits = self.lm_head(x)
         return logits, stats, kv

@@ -6,6 +6,7 @@ stored in `param_dtype` (float32) and cast to the compute dtype (bf16 on acceler
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import jax
@@ -23,9 +24,22 @@ _POLICIES = {
 }
 
 
-def dtypes(cfg: ml_collections.ConfigDict) -> tuple[jnp.dtype, jnp.dtype]:
+def dtypes(model_cfg: ml_collections.ConfigDict) -> tuple[jnp.dtype, jnp.dtype]:
     """(compute dtype, parameter dtype) from `cfg.model`."""
-    return jnp.dtype(cfg.model.dtype), jnp.dtype(cfg.model.param_dtype)
+    return jnp.dtype(model_cfg.dtype), jnp.dtype(model_cfg.param_dtype)
+
+
+def resize_grid(pos: jax.Array, grid: int) -> jax.Array:
+    """A learned position grid [g0 * g0, d] resized bicubically to [grid * grid, d], for images
+    at another resolution than the one trained (SFT at 448..672 px); the encoder and the
+    C-Abstractor resize theirs alike."""
+    g0 = math.isqrt(pos.shape[0])
+    if g0 * g0 != pos.shape[0]:
+        raise ValueError(f"position embedding of {pos.shape[0]} rows is not a square grid")
+    if grid == g0:
+        return pos
+    pos = jax.image.resize(pos.reshape(g0, g0, -1), (grid, grid, pos.shape[-1]), "bicubic")
+    return pos.reshape(grid * grid, -1)
 
 
 def remat(fn, policy: str):

@@ -1,7 +1,7 @@
 """The MM1 model: image encoder -> connector -> decoder, with images written into placeholders.
 
-A packed row holds text tokens and, for each image, `num_tokens` placeholder tokens
-(`cfg.model.image_token_id`). The k-th image of a row (`images[b, k]`, valid where
+A packed row holds text tokens and, for each image, `num_tokens` placeholder tokens (the
+tokenizer's `<image>` id, resolved at start-up and passed in as `image_token_id`). The k-th image of a row (`images[b, k]`, valid where
 `image_mask[b, k]`) fills the k-th run of placeholders. Everything keeps fixed shapes, so one
 compiled step serves every batch: all `N_img` slots are encoded, and placeholder j of a row
 gathers image-token j of that row's flattened [N_img * T, D] image embeddings.
@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from mm1_jax.models import layers
 from mm1_jax.models.connector import build_connector
 from mm1_jax.models.decoder import Decoder
 from mm1_jax.models.vision import VisionEncoder
@@ -43,17 +44,26 @@ def merge_image_embeddings(text_embeds, tokens, image_embeds, image_token_id: in
 
 
 class MM1Model(nnx.Module):
-    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        self.image_token_id = cfg.model.image_token_id
-        self.tokens_per_image = cfg.model.connector.num_tokens
-        self.vision = VisionEncoder(cfg, rngs=rngs)
-        self.connector = build_connector(cfg, rngs=rngs)
-        self.decoder = Decoder(cfg, rngs=rngs)
-        m = cfg.model.moe
-        self.moe_coefs = (m.load_balance_coef, m.z_loss_coef) if m.num_experts else None
+    """m: `cfg.model`; image_token_id: the tokenizer's `<image>` placeholder id."""
+
+    def __init__(self, m: ml_collections.ConfigDict, *, image_token_id: int, rngs: nnx.Rngs):
+        dt, pdt = layers.dtypes(m)
+        if not 0 <= image_token_id < m.decoder.vocab_size:
+            raise ValueError(f"image_token_id {image_token_id} is outside the decoder's "
+                             f"vocabulary of {m.decoder.vocab_size} (config.model.decoder.vocab_size)")
+        self.image_token_id = image_token_id
+        self.tokens_per_image = m.connector.num_tokens
+        self.vision = VisionEncoder(m.vision, dtype=dt, param_dtype=pdt, remat=m.remat, rngs=rngs)
+        self.connector = build_connector(
+            m.connector, vision_width=m.vision.width,
+            vision_grid=m.vision.image_size // m.vision.patch_size, width=m.decoder.width,
+            dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.decoder = Decoder(m.decoder, m.moe, dtype=dt, param_dtype=pdt, remat=m.remat,
+                               rngs=rngs)
+        self.moe_coefs = (m.moe.load_balance_coef, m.moe.z_loss_coef) if m.moe.num_experts else None
 
     def encode_images(self, images: jax.Array) -> jax.Array:
-        """images: [b, n_img, H, W, 3] -> image token embeddings [b, n_img, T, D]."""
+        """images: uint8 [b, n_img, H, W, 3] -> image token embeddings [b, n_img, T, D]."""
         b, n = images.shape[:2]
         patches = self.vision(images.reshape(b * n, *images.shape[2:]))
         tokens = self.connector(patches)

@@ -1,4 +1,4 @@
-"""GShard-style top-k mixture-of-experts feed-forward layer (MM1 section 5: top-2, 32 or 64 experts).
+"""GShard-style top-k mixture-of-experts feed-forward layer (MM1 section 4: top-2, 32 or 64 experts).
 
 Each expert is a SwiGLU FFN like the dense Llama FFN: y_e = (silu(x W0_e) * (x W1_e)) Wo_e.
 A float32 router picks each token's top-k experts; the chosen gates are renormalised to sum to 1.
@@ -16,6 +16,10 @@ Two execution paths, selected by `cfg.model.moe.mode`:
   expert-parallel on this path (the compiler gathers them); it suits one host or few experts.
   On CPU, XLA lowers ragged_dot to a masked dense dot costing E times the FLOPs
   (benchmarks/results/moe.md); GPU and TPU have grouped-matmul kernels.
+
+Inference (`train=False`: generation, perplexity, evaluation) always takes the dropless path,
+whatever the mode: capacity couples the rows of a batch (they compete for the same slots), and a
+row generated in a batch must equal the row generated alone.
 
 Groups: group size s = ceil(T / ceil(T / min(group_size, T))) for T tokens in the batch, so
 groups are as even as possible and at most G - 1 masked padding tokens are appended.
@@ -43,7 +47,6 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from mm1_jax.config import expert_mlp_dim
 from mm1_jax.models import layers
 from mm1_jax.sharding import constrain
 
@@ -65,13 +68,14 @@ class MoEFeedForward(nnx.Module):
     y is in the compute dtype (`cfg.model.dtype`), like `layers.Linear`; stats are float32.
     """
 
-    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        m = cfg.model.moe
-        d, f, e = cfg.model.decoder.width, expert_mlp_dim(cfg), m.num_experts
-        self.dtype, pdt = layers.dtypes(cfg)
+    def __init__(self, m: ml_collections.ConfigDict, *, width: int, mlp_dim: int, dtype,
+                 param_dtype, rngs: nnx.Rngs):
+        """m: `cfg.model.moe`; width: the decoder width D; mlp_dim: each expert's hidden F."""
+        d, f, e = width, mlp_dim, m.num_experts
+        self.dtype, pdt = dtype, param_dtype
         self.num_experts, self.top_k = e, m.top_k
         self.mode, self.group_size = m.mode, m.group_size
-        self.capacity_factor, self.eval_capacity_factor = m.capacity_factor, m.eval_capacity_factor
+        self.capacity_factor = m.capacity_factor
         # fan_in is D for wi and F for wo; the leading expert axis is a batch axis, not a fan.
         expert_init = nnx.initializers.variance_scaling(
             1.0, "fan_in", "truncated_normal", in_axis=1, out_axis=2, batch_axis=(0,))
@@ -87,12 +91,14 @@ class MoEFeedForward(nnx.Module):
         mask = jnp.ones((b, s), bool) if mask is None else mask.astype(bool)
         xt, mt = x.reshape(b * s, d), mask.reshape(b * s)
         top_i, gates, stats = self._route(xt, mt)
-        if self.mode == "dropless":
+        if self.mode == "dropless" or not train:
+            # Inference (generation, perplexity, evaluation) never drops: with capacity, a row's
+            # tokens would compete with other rows' for expert slots, so a batched row could
+            # differ from the same row alone.
             y = self._dropless(xt, mt, top_i, gates)
             stats["dropped_fraction"] = jnp.zeros((), jnp.float32)
         else:
-            factor = self.capacity_factor if train else self.eval_capacity_factor
-            y, kept = self._capacity(xt, mt, top_i, gates, factor)
+            y, kept = self._capacity(xt, mt, top_i, gates, self.capacity_factor)
             n_assign = mt.sum().astype(jnp.float32) * self.top_k
             stats["dropped_fraction"] = (n_assign - kept) / jnp.maximum(n_assign, 1.0)
         return y.reshape(b, s, d), stats

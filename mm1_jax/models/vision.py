@@ -15,34 +15,34 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from mm1_jax.config import vision_grid
 from mm1_jax.models import layers
 
 
 def normalize_images(images: jax.Array, mean, std) -> jax.Array:
-    """uint8 pixels -> float32 (x / 255 - mean) / std (CLIP preprocessing); floats pass through.
+    """uint8 pixels -> float32 (x / 255 - mean) / std (CLIP preprocessing).
 
-    The data pipeline ships uint8 (4x fewer bytes host-to-device, no float pass on the host), so
-    normalisation runs here, on the accelerator. Float inputs are taken as already normalised.
+    Every reader (training pipeline, evaluation, generation) ships uint8 pixels (4x fewer bytes
+    host-to-device, no float pass on the host) and the model normalises them here, on the
+    accelerator. Anything else is an error rather than a guess that it is already normalised.
     """
     if images.dtype != jnp.uint8:
-        return images
+        raise TypeError(f"images must be uint8 pixels (the model normalises them), got "
+                        f"{images.dtype}; to feed normalised floats call VisionEncoder.forward")
     mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
     return (images.astype(jnp.float32) * (1.0 / 255.0) - mean) / std
 
 
-def num_blocks_used(cfg: ml_collections.ConfigDict) -> int:
-    """Blocks up to and including the feature layer; later blocks would be dead weight."""
-    v = cfg.model.vision
+def num_blocks_used(v: ml_collections.ConfigDict) -> int:
+    """Blocks up to and including the feature layer (of `cfg.model.vision`); later blocks would
+    be dead weight."""
     return v.feature_layer if v.feature_layer > 0 else v.depth + 1 + v.feature_layer
 
 
 class VisionBlock(nnx.Module):
     """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
-    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        v = cfg.model.vision
-        dt, pdt = layers.dtypes(cfg)
+    def __init__(self, v: ml_collections.ConfigDict, *, dtype, param_dtype, rngs: nnx.Rngs):
+        dt, pdt = dtype, param_dtype
         self.heads = v.heads
         self.act = layers.ACTIVATIONS[v.act]
         lin = dict(bias=True, dtype=dt, param_dtype=pdt, rngs=rngs)
@@ -65,14 +65,16 @@ class VisionBlock(nnx.Module):
 
 
 class VisionEncoder(nnx.Module):
-    """images [b, H, W, 3] (uint8, or normalised floats) -> patch features [b, g*g, d] of the
-    feature layer."""
+    """images [b, H, W, 3] uint8 -> patch features [b, g*g, d] of the feature layer.
 
-    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        v = cfg.model.vision
-        dt, pdt = layers.dtypes(cfg)
-        self.dtype, self.patch, self.grid = dt, v.patch_size, vision_grid(cfg)
-        self.remat_policy = cfg.model.remat
+    v: `cfg.model.vision`; dtype / param_dtype: compute and storage dtypes; remat: the policy
+    name applied to every block (`cfg.model.remat`)."""
+
+    def __init__(self, v: ml_collections.ConfigDict, *, dtype, param_dtype, remat: str,
+                 rngs: nnx.Rngs):
+        dt, pdt = dtype, param_dtype
+        self.dtype, self.patch, self.grid = dt, v.patch_size, v.image_size // v.patch_size
+        self.remat_policy = remat
         self.mean, self.std = tuple(v.mean), tuple(v.std)
         scale = v.width**-0.5  # CLIP's init scale for class / position embeddings
         normal = nnx.initializers.normal(scale)
@@ -83,28 +85,28 @@ class VisionEncoder(nnx.Module):
         self.pos_embed = layers.param(rngs, normal, (self.grid**2 + 1, v.width), (None, "embed"), pdt)
         self.ln_pre = layers.LayerNorm(v.width, eps=v.norm_eps, param_dtype=pdt, rngs=rngs)
 
-        @nnx.split_rngs(splits=num_blocks_used(cfg))
+        @nnx.split_rngs(splits=num_blocks_used(v))
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
         def make_blocks(r):
-            return VisionBlock(cfg, rngs=r)
+            return VisionBlock(v, dtype=dt, param_dtype=pdt, rngs=r)
 
         self.blocks = make_blocks(rngs)
 
     def position_embedding(self, grid: int) -> jax.Array:
         """[grid*grid + 1, d]: the learned grid, bicubically resized for other resolutions."""
         pos = self.pos_embed[...]
-        if grid == self.grid:
-            return pos
-        cls_pos, patch_pos = pos[:1], pos[1:].reshape(self.grid, self.grid, -1)
-        patch_pos = jax.image.resize(patch_pos, (grid, grid, patch_pos.shape[-1]), "bicubic")
-        return jnp.concatenate([cls_pos, patch_pos.reshape(grid * grid, -1)], axis=0)
+        return jnp.concatenate([pos[:1], layers.resize_grid(pos[1:], grid)], axis=0)
 
     def __call__(self, images: jax.Array) -> jax.Array:
+        """images: uint8 [b, H, W, 3] -> [b, g*g, d]."""
+        return self.forward(normalize_images(images, self.mean, self.std))
+
+    def forward(self, images: jax.Array) -> jax.Array:
+        """CLIP-normalised float images [b, H, W, 3] -> [b, g*g, d] (reference comparisons)."""
         b, hgt, wid, _ = images.shape
         if hgt != wid or hgt % self.patch:
             raise ValueError(f"images must be square multiples of patch {self.patch}, got {hgt}x{wid}")
         g, p = hgt // self.patch, self.patch
-        images = normalize_images(images, self.mean, self.std)
         patches = images.reshape(b, g, p, g, p, 3).transpose(0, 1, 3, 2, 4, 5).reshape(b, g * g, p * p * 3)
         x = self.patch_embed(patches)
         cls = jnp.broadcast_to(self.cls[...].astype(x.dtype), (b, 1, x.shape[-1]))

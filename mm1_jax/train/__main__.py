@@ -58,12 +58,11 @@ def main(argv):
         sys.exit(2)
     print(f"{'stopped (pre-empted)' if result.preempted else 'finished'} at step {result.step}; "
           f"checkpoints in {os.path.join(workdir, 'checkpoints')}", file=sys.stderr)
-    if any(k.startswith("demo/") for k in result.eval_metrics):
-        from mm1_jax.eval.demo import format_table
-
-        print(f"\nheld-out evaluation at step {result.step} ({os.path.join(workdir, 'eval.json')}):")
-        print(format_table(result.eval_metrics))
-
+    if result.eval_metrics:
+        print(f"\nevaluation at step {result.step} ({os.path.join(workdir, 'eval.json')}):")
+        width = max(map(len, result.eval_metrics))
+        for name, value in sorted(result.eval_metrics.items()):
+            print(f"  {name.ljust(width)}  {value:.4f}")
 
 if __name__ == "__main__":
     app.run(main)

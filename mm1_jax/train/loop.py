@@ -1,12 +1,16 @@
 """The training loop: the side effects around the pure `train_step`.
 
-Start-up order, so that every config mistake surfaces before anything compiles: validate the
-config, resolve the tokenizer's special ids, build the mesh and check the batch against it, build
-the abstract state, then restore the newest complete checkpoint or initialise, then compile.
+Start-up (mm1_jax.startup.start) runs first, so that every config mistake surfaces before
+anything compiles: validation, the checks against files and devices, the tokenizer's special
+ids, the mesh, the abstract model and its statistics. Then the newest complete checkpoint is
+restored (or the state initialised), the evaluators of `config.evals` are built, and the step
+is compiled.
 
 Each iteration dispatches step t and only then reads the metrics of step t - 1, so the host never
-stalls the device; non-finite streaks and placeholder mismatches are therefore caught one step
-late, which changes nothing (a skipped step leaves the state as it was).
+stalls the device. A step that must not count (non-finite loss or gradient, or a batch whose image
+placeholders disagree with its images) refuses its own update inside the step, so reading its
+metrics one step late changes nothing; before a checkpoint is written the pending metrics are
+read, so a batch that stops the run never reaches a checkpoint.
 """
 
 from __future__ import annotations
@@ -15,19 +19,28 @@ import dataclasses
 import os
 import signal
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from flax import nnx
 
-from mm1_jax.config import ConfigError, validate
-from mm1_jax.train import mesh as mesh_lib
-from mm1_jax.train.checkpoint import Checkpointer
-from mm1_jax.train.metrics import MetricsWriter, model_flops_per_step, peak_flops
-from mm1_jax.train.state import TrainState, abstract_train_state, build_model, init_train_state
+from mm1_jax import sharding
+from mm1_jax.checkpoint import Checkpointer
+from mm1_jax.config import DATA_KINDS
+from mm1_jax.data.tokenizer import SpecialIds
+from mm1_jax.eval import evaluators as eval_lib
+from mm1_jax.startup import Run, start
+from mm1_jax.train.metrics import Progress, model_flops_per_step, peak_flops
+from mm1_jax.train.state import TrainState, abstract_train_state, init_train_state
 from mm1_jax.train.step import train_step
+from mm1_jax.writer import MetricsWriter
+
+# Per-row counters of the data pipeline: host-side statistics, not model inputs; they never
+# travel to the device.
+HOST_COUNTERS = {"truncated": "data/truncated_items", "dropped": "data/dropped_items"}
 
 
 class TrainingError(RuntimeError):
@@ -42,36 +55,12 @@ class RunResult:
     eval_metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # the last evaluation
 
 
-def prepare_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Validates, builds the demo corpus if asked, and writes the tokenizer's ids into the config."""
-    cfg = validate(cfg)
-    if cfg.checkpoint.every < 1 or cfg.checkpoint.keep < 1:
-        raise ConfigError("config.checkpoint.every and config.checkpoint.keep must be >= 1")
-    if cfg.train.build_demo_data:
-        from mm1_jax.data.demo import ensure_demo_data
-
-        ensure_demo_data(cfg.data.dir)
-    if cfg.data.tokenizer:
-        from mm1_jax.data.tokenizer import Tokenizer
-
-        if not os.path.exists(cfg.data.tokenizer):
-            raise ConfigError(f"config.data.tokenizer: {cfg.data.tokenizer!r} does not exist")
-        tok = Tokenizer(cfg.data.tokenizer)
-        if cfg.model.decoder.vocab_size < tok.vocab_size:
-            raise ConfigError(
-                f"config.model.decoder.vocab_size: {cfg.model.decoder.vocab_size} is smaller than "
-                f"the tokenizer's {tok.vocab_size} pieces ({cfg.data.tokenizer})")
-        with cfg.unlocked():
-            cfg.model.image_token_id = tok.image_id
-    return cfg
-
-
 def compile_step(abstract: TrainState, shardings: TrainState, mesh, batch: dict[str, Any]):
     """The jitted, sharded `train_step` for batches shaped like `batch` (arrays or structs); the
     input state is donated. Returns (compiled, seconds spent compiling)."""
-    batch_sh = {k: mesh_lib.batch_sharding(mesh, len(v.shape)) for k, v in batch.items()}
+    batch_sh = {k: sharding.batch_sharding(mesh, len(v.shape)) for k, v in batch.items()}
     jitted = jax.jit(train_step, in_shardings=(shardings, batch_sh),
-                     out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
+                     out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
     t = time.perf_counter()
     with jax.set_mesh(mesh):
         compiled = jitted.lower(abstract, {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
@@ -81,8 +70,19 @@ def compile_step(abstract: TrainState, shardings: TrainState, mesh, batch: dict[
 
 def global_batch(local: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
     """This process's rows -> global arrays sharded over the data-parallel axes."""
-    return {k: jax.make_array_from_process_local_data(mesh_lib.batch_sharding(mesh, v.ndim), v)
+    return {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, v.ndim), v)
             for k, v in local.items()}
+
+
+def _host_sum(counts: dict[str, int]) -> dict[str, int]:
+    """Sums host-side counters over processes (only at log time: a tiny collective)."""
+    if jax.process_count() == 1 or not counts:
+        return counts
+    from jax.experimental import multihost_utils
+
+    keys = sorted(counts)
+    total = multihost_utils.process_allgather(np.array([counts[k] for k in keys], np.int64))
+    return dict(zip(keys, np.asarray(total).reshape(-1, len(keys)).sum(0).tolist()))
 
 
 class _StopSignal:
@@ -119,7 +119,8 @@ def _check(step: int, metrics: dict[str, Any], max_bad: int) -> None:
             f"step {step}: {int(metrics['data/placeholder_mismatch'])} rows of the batch have a "
             "number of image placeholder tokens that differs from image_mask.sum() x "
             "model.connector.num_tokens; the data pipeline and the model disagree on "
-            "tokens per image (data.* vs model.connector.num_tokens, or model.image_token_id)")
+            "tokens per image (data.* vs model.connector.num_tokens, or the tokenizer's <image> "
+            "id); the step's update was refused and nothing of this batch was applied or saved")
     if metrics["opt/skipped"]:
         logging.warning("step %d: non-finite loss (%s) or gradient norm (%s); update skipped "
                         "(%d in a row)", step, metrics["loss/total"], metrics["opt/grad_norm"],
@@ -132,22 +133,36 @@ def _check(step: int, metrics: dict[str, Any], max_bad: int) -> None:
             "lower optim.lr or a longer optim.warmup_steps.")
 
 
+def evaluate(run: Run, evaluators: list[eval_lib.Evaluator], state: TrainState
+             ) -> dict[str, float]:
+    """Runs `evaluators` on the current (sharded) parameters; every process takes part."""
+    if jax.process_count() > 1:
+        # Generation reads its outputs on the host, which a multi-process array does not
+        # allow: every process gathers the parameters and evaluates a local copy.
+        from jax.experimental import multihost_utils
+
+        params = multihost_utils.process_allgather(state.params, tiled=True)
+        return eval_lib.run(evaluators, nnx.merge(state.recipe.graphdef, params))
+    with jax.set_mesh(run.mesh):
+        return eval_lib.run(evaluators, nnx.merge(state.recipe.graphdef, state.params))
+
+
 def train(cfg: ml_collections.ConfigDict, workdir: str, *,
           iterator: Iterator[dict[str, np.ndarray]] | None = None,
-          devices=None, model_fn: Callable = build_model) -> RunResult:
+          special: SpecialIds | None = None, devices=None) -> RunResult:
     """Trains `cfg` in `workdir` (resuming from its newest complete checkpoint) until
     `train.steps`, or until SIGTERM/SIGINT (then saves and returns with `preempted=True`).
 
     iterator: per-process batches (docs/data.md); default the Grain pipeline of `cfg.data`.
     One with `get_state`/`set_state` is checkpointed and restored with the model.
-    devices: the mesh's devices (default all).
+    special: the special token ids of batches made without a tokenizer (synthetic ones; with
+    `data.tokenizer` set they come from it). devices: the mesh's devices (default all).
     """
-    cfg = prepare_config(cfg)
-    mesh = mesh_lib.make_mesh(cfg, devices)
-    mesh_lib.check_batch(cfg, mesh)
+    run = start(cfg, devices=devices, special=special, corpus=iterator is None)
+    cfg, mesh = run.cfg, run.mesh
     logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size,
                  jax.process_count())
-    abstract, shardings = abstract_train_state(cfg, mesh, model_fn)
+    abstract, shardings = abstract_train_state(run)
 
     if iterator is None:
         from mm1_jax.data.pipeline import make_iterator
@@ -156,12 +171,14 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), cfg)
     state = ckpt.restore(abstract, iterator)
     if state is None:
-        state = init_train_state(cfg, abstract, shardings, model_fn)
-    start = int(jax.device_get(state.step))
-    logging.info("starting at step %d of %d", start, cfg.train.steps)
+        state = init_train_state(run, abstract, shardings)
+    start_step = int(jax.device_get(state.step))
+    logging.info("starting at step %d of %d", start_step, cfg.train.steps)
+    evaluators = eval_lib.from_config(cfg)
 
-    writer = MetricsWriter(workdir, total_steps=cfg.train.steps, start_step=start)
-    flops, (peak, peak_source) = model_flops_per_step(cfg), peak_flops(cfg, mesh.devices.flat)
+    writer = MetricsWriter(workdir, start_step=start_step)
+    progress = Progress(total_steps=cfg.train.steps, start_step=start_step)
+    flops, (peak, peak_source) = model_flops_per_step(cfg, run.model.stats), peak_flops(cfg, mesh.devices.flat)
     logging.info("peak %.3g FLOP/s (%s); model %.3g FLOPs per step", peak, peak_source, flops)
     tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
 
@@ -169,32 +186,20 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
     pending = None  # (step, metrics on device, seconds waiting for data)
     last: dict[str, Any] = {}
     window = {"t": time.perf_counter(), "steps": 0, "data_wait": 0.0, "images": 0}
+    counters = dict.fromkeys(HOST_COUNTERS.values(), 0)
+    evaluated: dict[str, float] = {}
     preempted = False
 
-    def evaluate(step: int, state) -> dict[str, float]:
-        """Runs the evaluation on the current (sharded) parameters; every process takes part."""
-        from flax import nnx
-
-        from mm1_jax.eval.harness import run_eval, write_results
-
+    def run_evals(step: int, state) -> None:
+        due = [e for e in evaluators if e.due(step, cfg.train.steps)]
+        if not due:
+            return
         t = time.perf_counter()
-        if jax.process_count() > 1:
-            # Generation reads its outputs on the host, which a multi-process array does not
-            # allow: every process gathers the parameters and evaluates a local copy.
-            from jax.experimental import multihost_utils
-
-            params = multihost_utils.process_allgather(state.params, tiled=True)
-            results = run_eval(nnx.merge(state.recipe.graphdef, params), cfg)
-        else:
-            with jax.set_mesh(mesh):
-                results = run_eval(nnx.merge(state.recipe.graphdef, state.params), cfg)
-        if jax.process_index() == 0:  # eval.json + TensorBoard; metrics.jsonl is one row per train log
-            write_results(workdir, step, results)
+        results = evaluate(run, due, state)
+        writer.write_eval(step, results)
+        evaluated.update(results)
         logging.info("step %d: evaluation in %.1f s: %s", step, time.perf_counter() - t, results)
         window["t"] += time.perf_counter() - t  # not charged to the training step time
-        return results
-
-    evaluated: dict[str, float] = {}
 
     def finish(step: int, metrics, data_wait: float) -> dict[str, Any]:
         metrics = jax.device_get(metrics)  # waits for this step only
@@ -202,10 +207,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
         window["steps"] += 1
         window["data_wait"] += data_wait
         window["images"] += int(metrics["data/images"])
-        writer.progress(step, loss=float(metrics["loss/total"]))
+        progress.update(step, loss=float(metrics["loss/total"]))
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
             elapsed = time.perf_counter() - window["t"]
             dt = elapsed / window["steps"]
+            metrics.update(_host_sum(counters))
             metrics.update({
                 "perf/step_time": dt,
                 "perf/tokens_per_s": tokens_per_step / dt,
@@ -214,21 +220,26 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
                 "perf/model_flops_per_s": flops / dt,
                 "perf/mfu": flops / dt / peak,
             })
-            for name in ("interleaved", "caption", "text"):  # no tokens of a kind: no loss
+            for name in DATA_KINDS:  # no tokens of a kind: no loss
                 if f"data/{name}_tokens" in metrics and not metrics[f"data/{name}_tokens"]:
                     del metrics[f"loss/{name}"]
             writer.write(step, metrics)
             window.update(t=time.perf_counter(), steps=0, data_wait=0.0, images=0)
+            counters.update(dict.fromkeys(counters, 0))
         return metrics
 
+    end = start_step
     try:
         with _StopSignal(enabled=jax.process_count() == 1) as stop:
-            for step in range(start, cfg.train.steps):
+            for step in range(start_step, cfg.train.steps):
                 t = time.perf_counter()
                 try:
-                    local = next(iterator)
+                    local = dict(next(iterator))
                 except StopIteration:
                     raise TrainingError(f"step {step}: the data iterator is exhausted") from None
+                for key, name in HOST_COUNTERS.items():
+                    if key in local:
+                        counters[name] += int(local.pop(key).sum())
                 batch = global_batch(local, mesh)
                 data_wait = time.perf_counter() - t
                 if step_fn is None:
@@ -239,29 +250,31 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
                 if pending is not None:
                     last = finish(*pending)
                 pending = (step + 1, metrics, data_wait)
+                end = step + 1
 
                 preempted = (stop.received is not None if stop.enabled
                              else ckpt.manager.reached_preemption(step + 1))
+                if preempted or ckpt.should_save(step + 1) or any(
+                        e.due(step + 1, cfg.train.steps) for e in evaluators):
+                    # Read this step's metrics first: a refused batch stops the run here, before
+                    # its step count reaches a checkpoint or an evaluation.
+                    last, pending = finish(*pending), None
                 if preempted or ckpt.should_save(step + 1):
                     ckpt.save(step + 1, state, iterator, force=preempted)
                 if preempted:
                     logging.warning("%s at step %d: checkpoint saved, stopping",
                                     stop.received or "pre-emption notice", step + 1)
                     break
-                every = cfg.train.eval_every
-                if every and (step + 1) % every == 0 and step + 1 < cfg.train.steps:
-                    evaluated = evaluate(step + 1, state)
+                if step + 1 < cfg.train.steps:
+                    run_evals(step + 1, state)
             if pending is not None:
                 last = finish(*pending)
-            end = pending[0] if pending is not None else start
             if not preempted and ckpt.latest_step() != end:
                 ckpt.save(end, state, iterator, force=True)
-            final_eval = cfg.train.eval_at_end or (
-                cfg.train.eval_every and end % cfg.train.eval_every == 0)
-            if not preempted and end == cfg.train.steps and final_eval:
-                evaluated = evaluate(end, state)
+            if not preempted and end == cfg.train.steps:
+                run_evals(end, state)
     finally:
         ckpt.close()
         writer.close()
+        progress.close()
     return RunResult(step=end, preempted=preempted, last_metrics=last, eval_metrics=evaluated)
-

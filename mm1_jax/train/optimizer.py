@@ -1,9 +1,16 @@
 """MM1's optimiser: AdamW at eta(N) with decoupled weight decay 0.1 * eta, warm-up then cosine.
 
-Weight decay. MM1 (section 3.4) sets the decay to lambda = 0.1 * eta, decoupled from the learning
+Weight decay. MM1 (section 4) sets the decay to lambda = 0.1 * eta, decoupled from the learning
 rate as in AXLearn's `adamw_decoupled_optimizer`: each step subtracts lambda * s(t) * w, where
 s(t) = lr(t) / eta is the schedule's multiplier. optax's adamw subtracts lr(t) * wd * w, so
 wd = lambda / eta = `optim.weight_decay_ratio` (0.1) gives exactly that.
+
+Weight decay applies to matrices (and higher-rank kernels) only: a parameter whose own rank,
+not counting the stacked `layers` axis of scanned blocks, is below 2 (biases, norm gains and
+shifts, the CLS embedding, the attention-pool connector's bq/bk/bv/bo) gets none. Deciding by what
+a parameter is rather than by its name covers every module, present and future; the models keep
+every bias a vector (per-head biases are reshaped where used) so that the rule holds.
+`optim.no_decay` adds regexes of further exemptions.
 
 Parameter groups are regexes over "/"-joined parameter paths ("vision/blocks/q/kernel"):
 `optim.freeze` and multipliers of 0 freeze a group (no update and no optimiser state, through
@@ -22,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from mm1_jax.config import ConfigError, peak_lr
+from mm1_jax.config import ConfigError
 
 FROZEN = "frozen"
 
@@ -42,21 +49,13 @@ def map_paths(fn: Callable[[str, Any], Any], tree: Any) -> Any:
         tree)
 
 
-def peak_learning_rate(cfg: ml_collections.ConfigDict) -> float:
-    """`optim.lr` if set, else MM1's eta(N) (eq. 1) with N = the decoder's non-embedding
-    parameters, MoE layers counted as their dense backbone (mm1_jax.inspect, `lr_params`)."""
-    if cfg.optim.lr is not None:
-        return float(cfg.optim.lr)
-    from mm1_jax.inspect import model_stats
-
-    return peak_lr(model_stats(cfg, with_flops=False)["lr_params"])
-
-
-def lr_schedule(cfg: ml_collections.ConfigDict, peak: float) -> Callable[[jax.Array], jax.Array]:
-    """lr(t) for the t-th update (t = 0, 1, ...): linear warm-up to `peak` over
-    `optim.warmup_steps` updates (the first update already uses peak / warmup_steps, not 0), then
-    a half cosine from `peak` to `peak * optim.end_lr_ratio` at update `train.steps`."""
-    warmup, total, end = cfg.optim.warmup_steps, cfg.train.steps, peak * cfg.optim.end_lr_ratio
+def lr_schedule(o: ml_collections.ConfigDict, total: int, peak: float
+                ) -> Callable[[jax.Array], jax.Array]:
+    """lr(t) for the t-th update (t = 0, 1, ...) under `o` (`cfg.optim`): linear warm-up to
+    `peak` over `optim.warmup_steps` updates (the first update already uses peak / warmup_steps,
+    not 0), then a half cosine from `peak` to `peak * optim.end_lr_ratio` at update `total`
+    (`train.steps`)."""
+    warmup, end = o.warmup_steps, peak * o.end_lr_ratio
 
     def schedule(count):
         t = jnp.asarray(count, jnp.float32)
@@ -68,22 +67,30 @@ def lr_schedule(cfg: ml_collections.ConfigDict, peak: float) -> Callable[[jax.Ar
     return schedule
 
 
-def param_labels(cfg: ml_collections.ConfigDict, params: Any) -> Any:
-    """Per-parameter group label: "frozen", or "m<i>/<decay|no_decay>" where i indexes the
-    learning-rate multiplier (0 = default 1.0, i > 0 = `optim.lr_mult[i-1]`)."""
-    o = cfg.optim
+def decays(names) -> bool:
+    """Whether weight decay applies to a parameter with logical axis `names`: matrices and
+    higher-rank kernels do, vectors (biases, norm scales) do not. The stacked `layers` axis of
+    scanned blocks is not the parameter's own."""
+    return sum(n != "layers" for n in names) >= 2
+
+
+def param_labels(o: ml_collections.ConfigDict, params: Any, names: dict[str, Any]) -> Any:
+    """Per-parameter group label under `o` (`cfg.optim`): "frozen", or "m<i>/<decay|no_decay>"
+    where i indexes the learning-rate multiplier (0 = default 1.0, i > 0 = `optim.lr_mult[i-1]`).
+    `names`: "/"-joined path -> logical axis names (start-up's AbstractModel.names)."""
     freeze = [re.compile(r) for r in o.freeze]
     mults = [(re.compile(r), float(m)) for r, m in o.lr_mult]
     no_decay = [re.compile(r) for r in o.no_decay]
 
-    def label(path: str, _):
+    def label(path: str, x):
         if any(r.search(path) for r in freeze):
             return FROZEN
         group = next((i + 1 for i, (r, _) in enumerate(mults) if r.search(path)), 0)
         if group and mults[group - 1][1] == 0.0:
             return FROZEN
-        decay = "no_decay" if any(r.search(path) for r in no_decay) else "decay"
-        return f"m{group}/{decay}"
+        axes = names.get(path) or (None,) * len(x.shape)
+        decay = decays(axes) and not any(r.search(path) for r in no_decay)
+        return f"m{group}/{'decay' if decay else 'no_decay'}"
 
     labels = map_paths(label, params)
     if all(l == FROZEN for l in jax.tree.leaves(labels)):
@@ -91,13 +98,13 @@ def param_labels(cfg: ml_collections.ConfigDict, params: Any) -> Any:
     return labels
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, params: Any
+def make_optimizer(o: ml_collections.ConfigDict, total_steps: int, params: Any,
+                   names: dict[str, Any], peak: float
                    ) -> tuple[optax.GradientTransformation, Callable, Any]:
-    """(tx, schedule, labels) for `params` (a nested dict; arrays or ShapeDtypeStructs)."""
-    o = cfg.optim
-    peak = peak_learning_rate(cfg)
-    schedule = lr_schedule(cfg, peak)
-    labels = param_labels(cfg, params)
+    """(tx, schedule, labels) under `o` (`cfg.optim`) for `params` (a nested dict; arrays or
+    ShapeDtypeStructs) with logical axis `names`, peaking at `peak` (start-up's peak_lr)."""
+    schedule = lr_schedule(o, total_steps, peak)
+    labels = param_labels(o, params, names)
     used = set(jax.tree.leaves(labels))
     mult = [1.0] + [float(m) for _, m in o.lr_mult]
 

@@ -1,6 +1,7 @@
 """The training state and its creation directly in its sharded layout.
 
-MaxText style: the model is first built abstractly (`nnx.eval_shape`, no memory), the shardings of
+MaxText style: the model is first built abstractly (`nnx.eval_shape`, no memory; once, at
+start-up: mm1_jax.startup), the shardings of
 every parameter and optimiser-state leaf are derived from the parameters' logical axis names and
 the rules table, and a jitted init with those `out_shardings` materialises each shard on its
 device. Nothing of full size ever lives on one device.
@@ -14,12 +15,12 @@ from typing import Any, Callable
 import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
-from mm1_jax.train import mesh as mesh_lib
+from mm1_jax import sharding
+from mm1_jax.startup import Run, build_model
 from mm1_jax.train.optimizer import FROZEN, flatten_paths, make_optimizer
 
 
@@ -55,19 +56,6 @@ class TrainState:
         return self.replace(**arrays)
 
 
-def build_model(cfg: ml_collections.ConfigDict, seed: int):
-    from mm1_jax.models.mm1 import MM1Model
-
-    return MM1Model(cfg, rngs=nnx.Rngs(seed))
-
-
-def _split(model) -> tuple[Any, dict]:
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    if jax.tree.leaves(rest):
-        raise ValueError(f"the model holds non-parameter state the trainer does not carry: {rest}")
-    return graphdef, nnx.to_pure_dict(params)
-
-
 def state_shardings(abstract: TrainState, names: dict[str, Any], mesh: Mesh) -> TrainState:
     """NamedSharding for every array of `abstract`.
 
@@ -75,64 +63,58 @@ def state_shardings(abstract: TrainState, names: dict[str, Any], mesh: Mesh) -> 
     trailing dict keys spell a parameter's path and whose shape matches (Adam's mu and nu) takes
     that parameter's sharding; everything else (counts, scalars) is replicated.
     """
-    param_specs = {p: mesh_lib.spec_for(x.shape, names.get(p), mesh)
-                   for p, x in flatten_paths(abstract.params).items()}
+    params = flatten_paths(sharding.param_shardings(abstract.params, names, mesh))
     shapes = {p: x.shape for p, x in flatten_paths(abstract.params).items()}
 
     def for_leaf(path, x):
         keys = [str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)]
         for i in range(len(keys)):
             p = "/".join(keys[i:])
-            if p in param_specs and shapes[p] == x.shape:
-                return NamedSharding(mesh, param_specs[p])
-        return mesh_lib.replicated(mesh)
+            if p in params and shapes[p] == x.shape:
+                return params[p]
+        return sharding.replicated(mesh)
 
     return jax.tree_util.tree_map_with_path(for_leaf, abstract)
 
 
-def create_train_state(cfg: ml_collections.ConfigDict, mesh: Mesh,
-                       model_fn: Callable = build_model) -> tuple[TrainState, TrainState]:
-    """(state, shardings): a freshly initialised state, created sharded on `mesh`.
+def abstract_train_state(run: Run) -> tuple[TrainState, TrainState]:
+    """(abstract state of ShapeDtypeStructs carrying shardings, shardings) on `run.mesh`;
+    allocates nothing."""
+    cfg, model = run.cfg, run.model
+    tx, schedule, labels = make_optimizer(cfg.optim, cfg.train.steps, model.params, model.names,
+                                          run.peak_lr)
+    frozen = tuple(p for p, l in flatten_paths(labels).items() if l == FROZEN)
+    recipe = StepRecipe(graphdef=model.graphdef, tx=tx, schedule=schedule, frozen=frozen,
+                        grad_accum=cfg.train.grad_accum)
+    scalar = jax.ShapeDtypeStruct((), jnp.int32)
+    abstract = TrainState(step=scalar, params=model.params,
+                          opt_state=jax.eval_shape(tx.init, model.params),
+                          rng=jax.ShapeDtypeStruct((2,), jnp.uint32), bad_steps=scalar,
+                          skipped_steps=scalar, recipe=recipe)
+    shardings = state_shardings(abstract, model.names, run.mesh)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            abstract, shardings)
+    return abstract, shardings
 
-    `model_fn(cfg, seed)` builds the nnx model (default MM1Model).
-    """
-    abstract, shardings = abstract_train_state(cfg, mesh, model_fn)
-    return init_train_state(cfg, abstract, shardings, model_fn), shardings
 
-
-def init_train_state(cfg: ml_collections.ConfigDict, abstract: TrainState, shardings: TrainState,
-                     model_fn: Callable = build_model) -> TrainState:
+def init_train_state(run: Run, abstract: TrainState, shardings: TrainState) -> TrainState:
     """Initialises the arrays of `abstract` (same recipe object) directly in `shardings`."""
+    cfg = run.cfg
 
     def init():
-        _, params = _split(model_fn(cfg, cfg.seed))
+        model = build_model(cfg.model, run.special, cfg.seed)
+        params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
         return abstract.replace(
             step=jnp.zeros((), jnp.int32), params=params,
             opt_state=abstract.recipe.tx.init(params),
             rng=jax.random.key_data(jax.random.key(cfg.seed + 1)),
             bad_steps=jnp.zeros((), jnp.int32), skipped_steps=jnp.zeros((), jnp.int32))
 
-    mesh = jax.tree.leaves(shardings)[0].mesh
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(run.mesh):
         return jax.jit(init, out_shardings=shardings)()
 
 
-def abstract_train_state(cfg: ml_collections.ConfigDict, mesh: Mesh,
-                         model_fn: Callable = build_model) -> tuple[TrainState, TrainState]:
-    """(abstract state of ShapeDtypeStructs carrying shardings, shardings); allocates nothing."""
-    abstract_model = nnx.eval_shape(lambda: model_fn(cfg, cfg.seed))
-    graphdef, params = _split(abstract_model)
-    names = {"/".join(map(str, path)): var.get_metadata().get("out_sharding")
-             for path, var in nnx.to_flat_state(nnx.split(abstract_model, nnx.Param, ...)[1])}
-    tx, schedule, labels = make_optimizer(cfg, params)
-    frozen = tuple(p for p, l in flatten_paths(labels).items() if l == FROZEN)
-    recipe = StepRecipe(graphdef=graphdef, tx=tx, schedule=schedule, frozen=frozen,
-                        grad_accum=cfg.train.grad_accum)
-    scalar = jax.ShapeDtypeStruct((), jnp.int32)
-    abstract = TrainState(step=scalar, params=params, opt_state=jax.eval_shape(tx.init, params),
-                          rng=jax.ShapeDtypeStruct((2,), jnp.uint32), bad_steps=scalar,
-                          skipped_steps=scalar, recipe=recipe)
-    shardings = state_shardings(abstract, names, mesh)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            abstract, shardings)
-    return abstract, shardings
+def create_train_state(run: Run) -> tuple[TrainState, TrainState]:
+    """(state, shardings): a freshly initialised state, created sharded on `run.mesh`."""
+    abstract, shardings = abstract_train_state(run)
+    return init_train_state(run, abstract, shardings), shardings

@@ -8,7 +8,12 @@ summed; each micro-batch's cross-entropy is divided by the token count of the *w
 the result is the same objective as one big batch, not a mean of per-micro-batch means.
 
 Batch keys (docs/data.md): tokens, targets, loss_mask, segment_ids, positions, kinds,
-images [B, N_img, H, W, 3], image_mask [B, N_img]. `kinds` is optional (per-kind losses).
+images uint8 [B, N_img, H, W, 3], image_mask [B, N_img]. `kinds` is optional (per-kind losses).
+
+A step refuses its update, leaving parameters and optimiser state as they were, when the loss or
+the gradient norm is not finite or when a row's image placeholders do not match its images
+(`data/placeholder_mismatch`: the pipeline and the model disagree on tokens per image, and the
+batch would train on misplaced images). The loop stops on the latter at once, naming the step.
 """
 
 from __future__ import annotations
@@ -47,9 +52,6 @@ def _loss(params, batch: dict, num_loss_tokens: jax.Array, *, recipe, accum: int
         "data/placeholder_mismatch": aux["data/placeholder_mismatch"],
         "data/images": batch["image_mask"].sum().astype(jnp.int32),
     }
-    for key in ("truncated", "dropped"):  # items the packer cut or dropped (data pipeline)
-        if key in batch:
-            sums[f"data/{key}_items"] = batch[key].sum().astype(jnp.int32)
     if "kinds" in batch:
         for name, i in KIND_IDS.items():
             m = mask * (batch["kinds"] == i)
@@ -93,7 +95,7 @@ def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict[str, An
         (loss, sums, grads), _ = jax.lax.scan(body, (zeros[0][0], zeros[0][1], zeros[1]), micro)
 
     grad_norm = optax.global_norm(grads)
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (sums["data/placeholder_mismatch"] == 0)
     updates, opt_state = recipe.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731

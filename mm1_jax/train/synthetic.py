@@ -9,7 +9,12 @@ import json
 
 import numpy as np
 
-IMAGE_START, IMAGE_END = 4, 5  # any ids other than the placeholder; the model ignores them
+from mm1_jax.data.batch import targets_and_loss_mask
+from mm1_jax.data.tokenizer import SpecialIds
+
+# Ids of synthetic batches (no tokenizer): a run on them passes these to the trainer
+# (`train(..., special=SPECIAL)`); random text tokens are drawn from 8 upwards.
+SPECIAL = SpecialIds(pad=0, bos=1, eos=2, image=3, image_start=4, image_end=5)
 
 
 class SyntheticBatches:
@@ -21,7 +26,7 @@ class SyntheticBatches:
                  nan_from: int | None = None):
         self.cfg, self.seed = cfg, seed
         self.shard_index, self.shard_count = shard_index, shard_count
-        self.nan_from = nan_from  # batches from this index on carry NaN images
+        self.nan_from = nan_from  # batches from this index on carry a NaN loss mask
         self.index = 0
 
     def __iter__(self):
@@ -30,7 +35,7 @@ class SyntheticBatches:
     def __next__(self) -> dict[str, np.ndarray]:
         batch = make_global_batch(self.cfg, self.seed, self.index)
         if self.nan_from is not None and self.index >= self.nan_from:
-            batch["images"][:] = np.nan
+            batch["loss_mask"][:] = np.nan  # uint8 pixels cannot be NaN; the loss can
         self.index += 1
         b = self.cfg.train.batch_size // self.shard_count
         return {k: v[self.shard_index * b:(self.shard_index + 1) * b] for k, v in batch.items()}
@@ -48,7 +53,7 @@ class SyntheticBatches:
 def make_global_batch(cfg, seed: int, index: int) -> dict[str, np.ndarray]:
     B, S = cfg.train.batch_size, cfg.train.seq_len
     n_img, T = cfg.data.max_images, cfg.model.connector.num_tokens
-    size, vocab, img_id = cfg.model.vision.image_size, cfg.model.decoder.vocab_size, cfg.model.image_token_id
+    size, vocab, sp = cfg.model.vision.image_size, cfg.model.decoder.vocab_size, SPECIAL
     rng = np.random.default_rng([seed, index])
     tokens = rng.integers(8, vocab, (B, S)).astype(np.int32)
     image_mask = np.zeros((B, n_img), bool)
@@ -60,9 +65,9 @@ def make_global_batch(cfg, seed: int, index: int) -> dict[str, np.ndarray]:
         k = min(k, (S // 2) // (T + 2))
         pos = 1
         for i in range(k):
-            tokens[r, pos] = IMAGE_START
-            tokens[r, pos + 1:pos + 1 + T] = img_id
-            tokens[r, pos + 1 + T] = IMAGE_END
+            tokens[r, pos] = sp.image_start
+            tokens[r, pos + 1:pos + 1 + T] = sp.image
+            tokens[r, pos + 1 + T] = sp.image_end
             pos += T + 2 + int(rng.integers(1, 4))
         image_mask[r, :k] = True
         used = int(rng.integers(S * 3 // 4, S + 1))
@@ -72,11 +77,8 @@ def make_global_batch(cfg, seed: int, index: int) -> dict[str, np.ndarray]:
         kinds[r, :cut] = 1 if k else 3
         kinds[r, cut:used] = int(rng.integers(2, 4))
         tokens[r, used:] = 0
-    targets = np.roll(tokens, -1, axis=1)
-    nxt = np.roll(segment_ids, -1, axis=1)
-    loss_mask = ((segment_ids != 0) & (nxt == segment_ids) & (tokens != img_id)
-                 & (targets != img_id)).astype(np.float32)
-    images = rng.standard_normal((B, n_img, size, size, 3), np.float32)
-    images[~image_mask] = 0.0
+    targets, loss_mask = targets_and_loss_mask(tokens, segment_ids, sp)
+    images = rng.integers(0, 256, (B, n_img, size, size, 3), np.uint8)
+    images[~image_mask] = 0
     return dict(tokens=tokens, targets=targets, loss_mask=loss_mask, segment_ids=segment_ids,
                 positions=positions, kinds=kinds, images=images, image_mask=image_mask)

@@ -12,7 +12,8 @@ from sklearn.datasets import load_digits
 
 from experiments.demo_cpu import get_config
 from mm1_jax.data import demo, pipeline, records
-from mm1_jax.data.tokenizer import Tokenizer, apply_to_config
+from mm1_jax.data.tokenizer import Tokenizer
+from mm1_jax.startup import special_ids
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +96,8 @@ def test_text_split_and_tokenizer(demo_dir):
     tok = Tokenizer(os.path.join(demo_dir, "tokenizer.model"))
     assert tok.vocab_size == 1024
     cfg = get_config()
-    apply_to_config(cfg, tok)  # the demo decoder's 1024 covers it
-    assert cfg.model.image_token_id == tok.image_id
+    cfg.data.tokenizer = os.path.join(demo_dir, "tokenizer.model")
+    assert special_ids(cfg).image == tok.image_id  # the demo decoder's 1024 covers it
     for t in held_text[:20]:
         assert tok.decode(tok.encode(t)) == t
 

@@ -11,7 +11,8 @@ from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 from experiments.demo_cpu import get_config
 from mm1_jax.config import ConfigError
 from mm1_jax.data import records
-from mm1_jax.data.tokenizer import Tokenizer, TokenizerError, apply_to_config, main
+from mm1_jax.data.tokenizer import Tokenizer, TokenizerError, main
+from mm1_jax.startup import special_ids
 
 TEXTS = [pydoc_topics.topics[k] for k in ("if", "while", "for", "try", "with", "class")]
 
@@ -44,15 +45,17 @@ def test_user_model_gets_the_missing_special_tokens(llama_like):
                       [tok.eos_id]) == "if x"
 
 
-def test_apply_to_config(llama_like):
+def test_start_up_resolves_special_ids_and_checks_the_vocabulary(llama_like):
     tok = Tokenizer(llama_like)
     cfg = get_config()
+    cfg.data.tokenizer = llama_like
     cfg.model.decoder.vocab_size = 600
-    with pytest.raises(ConfigError, match=r"model.decoder.vocab_size: 600 .* at least 604"):
-        apply_to_config(cfg, tok)
+    with pytest.raises(ConfigError, match=r"model.decoder.vocab_size: 600 .* use >= 604"):
+        special_ids(cfg)
     cfg.model.decoder.vocab_size = 604
-    apply_to_config(cfg, tok)
-    assert cfg.model.image_token_id == 601
+    ids = special_ids(cfg)
+    assert ids.image == tok.image_id == 601 and ids == tok.special
+    assert "image_token_id" not in cfg.model  # resolved as a value, never written back
 
 
 def test_cli_trains_with_fixed_special_ids_and_exact_round_trip(tmp_path, capsys):

@@ -21,6 +21,8 @@ from mm1_jax.config import base_config
 from mm1_jax.convert import honeybee
 from mm1_jax.convert.common import load_params
 from mm1_jax.models import connector as conn
+from mm1_jax.config import vision_grid
+from tests.models import build
 
 def make_cfg(kind="c_abstractor", *, v=32, c=32, d=48, depth=2, grid=9, tokens=16, mlp_depth=2,
              heads=4, dtype="float32"):
@@ -180,12 +182,12 @@ def test_token_count_and_width(kind, grid, tokens):
     # At 48 (672-px SFT) the model is built for 27 and resizes its position embedding.
     cfg = make_cfg(kind, v=16, c=16, d=24, depth=1, grid=27 if grid == 48 else grid,
                    tokens=tokens)
-    model = conn.build_connector(cfg, rngs=nnx.Rngs(0))
+    model = build.connector(cfg, rngs=nnx.Rngs(0))
     x = jnp.ones((2, grid * grid, 16))
     y = nnx.jit(lambda m, x: m(x))(model, x)
     assert y.shape == (2, tokens, 24)
     assert bool(jnp.isfinite(y).all())
-    assert count(model) == conn.num_params(cfg)
+    assert count(model) == num_params(cfg)
 
 
 def test_param_count_formula_mm1_final():
@@ -194,13 +196,13 @@ def test_param_count_formula_mm1_final():
     Built abstractly: nnx.eval_shape allocates nothing, so the real sizes are cheap.
     """
     cfg = make_cfg(v=1280, c=1024, d=3072, depth=3, grid=27, tokens=144)
-    model = nnx.eval_shape(lambda: conn.build_connector(cfg, rngs=nnx.Rngs(0)))
-    assert count(model) == conn.num_params(cfg)
+    model = nnx.eval_shape(lambda: build.connector(cfg, rngs=nnx.Rngs(0)))
+    assert count(model) == num_params(cfg)
     # Hand-computed: pos 729*1280; block(1280->1024, r=320); 5 x block(1024, r=256); readout.
     b0 = 1280 * 1024 + 9 * 1024 + 1024**2 + 6 * 1024 + 2 * 1024 * 320 + 320 + 1024 \
         + 1280 * 1024 + 2 * 1024
     b = 1024 * 1024 + 9 * 1024 + 1024**2 + 6 * 1024 + 2 * 1024 * 256 + 256 + 1024
-    assert conn.num_params(cfg) == 729 * 1280 + b0 + 5 * b + 1024 * 3072 + 3072 + 3072**2 + 3072
+    assert num_params(cfg) == 729 * 1280 + b0 + 5 * b + 1024 * 3072 + 3072 + 3072**2 + 3072
 
 
 # ------------------------------------------------------------------------- C-Abstractor vs torch
@@ -220,9 +222,9 @@ def test_cabstractor_matches_honeybee_torch(shape):
     with torch.no_grad():
         ref = ref_model(x).numpy()
 
-    model = conn.build_connector(cfg, rngs=nnx.Rngs(0))
+    model = build.connector(cfg, rngs=nnx.Rngs(0))
     sd = state_numpy(ref_model)
-    assert sum(v.size for v in sd.values()) == conn.num_params(cfg) == count(model)
+    assert sum(v.size for v in sd.values()) == num_params(cfg) == count(model)
     load_params(model, honeybee.cabstractor_params_from_torch(sd, cfg))
     got = nnx.jit(lambda m, x: m(x))(model, jnp.asarray(x.numpy()))
     assert got.shape == (2, shape["tokens"], shape["d"])
@@ -242,7 +244,7 @@ def test_converter_reads_full_checkpoints_and_rejects_unknown_keys():
     full["abstractor.pos_emb"] = np.concatenate([np.full((1, 1, 32), 9.0, np.float32),
                                                  sd["pos_emb"]], axis=1)
     full["language_model.lm_head.weight"] = np.zeros((3, 3), np.float32)
-    model = conn.build_connector(cfg, rngs=nnx.Rngs(0))
+    model = build.connector(cfg, rngs=nnx.Rngs(0))
     load_params(model, honeybee.cabstractor_params_from_torch(full, cfg))
     np.testing.assert_allclose(np.asarray(model(jnp.asarray(x.numpy()))), ref, rtol=1e-5, atol=1e-5)
 
@@ -250,14 +252,14 @@ def test_converter_reads_full_checkpoints_and_rejects_unknown_keys():
         honeybee.cabstractor_params_from_torch({**sd, "eos_tokens": np.zeros((1, 1, 48))}, cfg)
     wider = make_cfg(d=64)  # same paths, other readout shapes
     with pytest.raises(ValueError, match="shape mismatch"):
-        load_params(conn.build_connector(wider, rngs=nnx.Rngs(0)),
+        load_params(build.connector(wider, rngs=nnx.Rngs(0)),
                              honeybee.cabstractor_params_from_torch(sd, wider))
 
 
 def test_cabstractor_bf16_close_to_float32():
     cfg32, cfg16 = make_cfg(), make_cfg(dtype="bfloat16")
-    m32 = conn.build_connector(cfg32, rngs=nnx.Rngs(0))
-    m16 = conn.build_connector(cfg16, rngs=nnx.Rngs(0))
+    m32 = build.connector(cfg32, rngs=nnx.Rngs(0))
+    m16 = build.connector(cfg16, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(0), (2, 81, 32))
     y32, y16 = m32(x), m16(x)
     assert y16.dtype == jnp.bfloat16
@@ -278,7 +280,7 @@ def test_avg_pool_connector_matches_torch():
     with torch.no_grad():
         grid = x.transpose(1, 2).reshape(2, 32, 27, 27)
         ref = lin(nn.AdaptiveAvgPool2d(12)(grid).flatten(2).transpose(1, 2)).numpy()
-    model = conn.build_connector(cfg, rngs=nnx.Rngs(0))
+    model = build.connector(cfg, rngs=nnx.Rngs(0))
     load_params(model, {"proj": {"kernel": lin.weight.detach().numpy().T,
                                           "bias": lin.bias.detach().numpy()}})
     got = model(jnp.asarray(x.numpy()))
@@ -318,11 +320,39 @@ def test_attn_pool_connector_matches_torch_multihead_attention():
         "queries": sd["queries"], "kv_proj": {"kernel": sd["kv_proj.weight"].T},
         "ln_kv": ln("ln_kv"), "ln_q": ln("ln_q"), "ln_post": ln("ln_post"),
         "wq": heads(wq), "wk": heads(wk), "wv": heads(wv),
-        "bq": bq.reshape(a, -1), "bk": bk.reshape(a, -1), "bv": bv.reshape(a, -1),
+        "bq": bq, "bk": bk, "bv": bv,
         "wo": sd["attn.out_proj.weight"].T.reshape(a, c // a, c), "bo": sd["attn.out_proj.bias"],
         "proj": {"kernel": sd["proj.weight"].T, "bias": sd["proj.bias"]},
     }
-    model = conn.build_connector(cfg, rngs=nnx.Rngs(0))
+    model = build.connector(cfg, rngs=nnx.Rngs(0))
     load_params(model, params)
     got = model(jnp.asarray(x.numpy()))
     np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------- parameter counts
+# Written independently of the module code, from the Honeybee / timm layer definitions.
+
+
+def _bottleneck_params(c_in: int, c: int, se_ratio: float) -> int:
+    r = conn.se_width(c_in, se_ratio) if se_ratio else 0
+    n = c_in * c + 9 * c + c * c + 3 * 2 * c  # conv1, depthwise conv2, conv3, their 3 LNs
+    n += (2 * c * r + r + c) if se_ratio else 0  # SE fc1 + fc2 with biases
+    n += (c_in * c + 2 * c) if c_in != c else 0  # shortcut conv + LN
+    return n
+
+
+def num_params(cfg) -> int:
+    """Exact parameter count of the configured connector (independent of the module code)."""
+    k = cfg.model.connector
+    v, c, d, t = cfg.model.vision.width, k.hidden, cfg.model.decoder.width, k.num_tokens
+    if k.kind == "avg_pool":
+        return v * d + d
+    if k.kind == "attn_pool":
+        return t * c + v * c + 3 * 2 * c + 4 * (c * c + c) + c * d + d
+    n = vision_grid(cfg.model.vision) ** 2 * v
+    if k.depth:
+        n += _bottleneck_params(v, c, k.se_ratio)
+        n += (2 * k.depth - 1) * _bottleneck_params(c, c, k.se_ratio)
+    width = c if k.depth else v
+    return n + width * d + d + (k.mlp_depth - 1) * (d * d + d)

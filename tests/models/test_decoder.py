@@ -8,7 +8,7 @@ from flax import nnx
 from mm1_jax.config import base_config, validate
 from mm1_jax.convert.common import load_params
 from mm1_jax.convert.llama import llama_params
-from mm1_jax.models.decoder import Decoder
+from tests.models import build
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -20,7 +20,6 @@ def _cfg(tie=False):
     d.vocab_size, d.width, d.depth, d.heads, d.kv_heads, d.head_dim, d.mlp_dim = 97, 64, 3, 4, 2, 16, 112
     d.rope_theta, d.tie_embeddings = 500.0, tie
     cfg.model.dtype = "float32"
-    cfg.model.image_token_id = 5
     return validate(cfg)
 
 
@@ -39,7 +38,7 @@ def test_matches_hf_llama_with_gqa(tie):
                                       rms_norm_eps=d.norm_eps, tie_word_embeddings=tie)
     torch.manual_seed(0)
     ref = transformers.LlamaForCausalLM(hf_cfg).eval()
-    dec = Decoder(cfg, rngs=nnx.Rngs(0))
+    dec = build.decoder(cfg, rngs=nnx.Rngs(0))
     load_params(dec, llama_params({k: v.numpy() for k, v in ref.state_dict().items()}, cfg))
 
     tokens = np.random.default_rng(0).integers(0, d.vocab_size, (2, 12))
@@ -51,7 +50,7 @@ def test_matches_hf_llama_with_gqa(tie):
 
 def test_packed_documents_equal_separate_runs():
     cfg = _cfg()
-    dec = Decoder(cfg, rngs=nnx.Rngs(1))
+    dec = build.decoder(cfg, rngs=nnx.Rngs(1))
     rng = np.random.default_rng(1)
     a, b = rng.integers(0, 97, 7), rng.integers(0, 97, 5)
     packed = np.concatenate([a, b, np.zeros(4, int)])[None]  # 7 + 5 tokens + 4 padding

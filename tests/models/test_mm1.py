@@ -20,14 +20,13 @@ IMG = 3  # image placeholder id in these tests
 @pytest.fixture(scope="module")
 def cfg():
     c = load_config(os.path.join(ROOT, "experiments", "demo_cpu.py"))
-    c.model.image_token_id = IMG
     c.model.decoder.depth = 2
     return c
 
 
 @pytest.fixture(scope="module")
 def model(cfg):
-    return MM1Model(cfg, rngs=nnx.Rngs(0))
+    return MM1Model(cfg.model, image_token_id=IMG, rngs=nnx.Rngs(0))
 
 
 def _doc(rng, n_text, n_images, t):
@@ -46,7 +45,7 @@ def _batch(cfg, docs, images_per_doc, images, seq):
         tokens[at:at + len(d)], positions[at:at + len(d)], segments[at:at + len(d)] = d, np.arange(len(d)), i + 1
         at += len(d)
     n = cfg.data.max_images
-    img = np.zeros((1, n) + images.shape[1:], np.float32)
+    img = np.zeros((1, n) + images.shape[1:], np.uint8)
     img[0, :len(images)] = images
     mask = np.zeros((1, n), bool)
     mask[0, :sum(images_per_doc)] = True
@@ -66,7 +65,7 @@ def test_placeholder_mismatch_is_a_clear_error(cfg, model):
     rng = np.random.default_rng(0)
     t = cfg.model.connector.num_tokens
     doc = _doc(rng, 5, 2, t)  # 2 images' worth of placeholders ...
-    imgs = rng.normal(size=(1, 32, 32, 3)).astype(np.float32)
+    imgs = rng.integers(0, 256, (1, 32, 32, 3), np.uint8)
     batch = _batch(cfg, [doc], [1], imgs, cfg.train.seq_len)  # ... but only one valid image
     with pytest.raises(PlaceholderMismatchError, match=r"rows \[0\].*by \[16\]"):
         model(batch)
@@ -79,7 +78,7 @@ def test_packed_multimodal_documents_equal_separate_runs(cfg, model):
     rng = np.random.default_rng(1)
     t = cfg.model.connector.num_tokens
     a, b = _doc(rng, 6, 2, t), _doc(rng, 4, 1, t)
-    imgs = rng.normal(size=(3, 32, 32, 3)).astype(np.float32)
+    imgs = rng.integers(0, 256, (3, 32, 32, 3), np.uint8)
     seq = cfg.train.seq_len
     packed, _ = model(_batch(cfg, [a, b], [2, 1], imgs, seq))
     alone_a, _ = model(_batch(cfg, [a], [2], imgs[:2], seq))
@@ -87,18 +86,18 @@ def test_packed_multimodal_documents_equal_separate_runs(cfg, model):
     np.testing.assert_allclose(packed[0, :len(a)], alone_a[0, :len(a)], rtol=2e-5, atol=2e-5)
     np.testing.assert_allclose(packed[0, len(a):len(a) + len(b)], alone_b[0, :len(b)], rtol=2e-5, atol=2e-5)
     # The images matter: swapping b's image changes b's logits after its placeholders.
-    other = _batch(cfg, [b], [1], rng.normal(size=(1, 32, 32, 3)).astype(np.float32), seq)
+    other = _batch(cfg, [b], [1], rng.integers(0, 256, (1, 32, 32, 3), np.uint8), seq)
     assert np.abs(np.asarray(model(other)[0][0, 4 + t:len(b)] - alone_b[0, 4 + t:len(b)])).max() > 1e-4
 
 
 def test_demo_forward_backward_reduces_loss(cfg):
     """A few SGD steps on one fixed batch: forward and backward on CPU give a usable gradient
     (the loss drops), and the gradient reaches every component."""
-    model = MM1Model(cfg, rngs=nnx.Rngs(2))
+    model = MM1Model(cfg.model, image_token_id=IMG, rngs=nnx.Rngs(2))
     rng = np.random.default_rng(2)
     t = cfg.model.connector.num_tokens
     doc = _doc(rng, 20, 2, t)
-    batch = _batch(cfg, [doc], [2], rng.normal(size=(2, 32, 32, 3)).astype(np.float32), cfg.train.seq_len)
+    batch = _batch(cfg, [doc], [2], rng.integers(0, 256, (2, 32, 32, 3), np.uint8), cfg.train.seq_len)
     targets = np.roll(batch["tokens"], -1, axis=1)
     mask = ((batch["segment_ids"] > 0) & (batch["tokens"] != IMG) & (targets != IMG)).astype(np.float32)
     mask[0, len(doc) - 1:] = 0

@@ -12,7 +12,8 @@ import pytest
 from flax import nnx
 
 from mm1_jax.config import base_config
-from mm1_jax.models.moe import MoEFeedForward, capacity, group_shape
+from mm1_jax.models.moe import capacity, group_shape
+from tests.models import build
 
 
 # Jitted entry points: eager op-by-op dispatch would make these tests several times slower.
@@ -85,7 +86,7 @@ def test_group_shape_and_capacity():
 @pytest.mark.parametrize("e", [4, 8])
 def test_no_drop_matches_reference_loop(e):
     cfg = small_cfg(e=e, factor=float(e))  # capacity = group size: nothing can drop
-    layer = MoEFeedForward(cfg, rngs=nnx.Rngs(1))
+    layer = build.moe(cfg, rngs=nnx.Rngs(1))
     x, mask = random_inputs(2, 13, 16, seed=e)  # 26 tokens in 3 groups of 9 (one padded)
     y, stats = call(layer, x, jnp.asarray(mask))
     y_ref, lb, z = reference(params_of(layer), x.reshape(26, 16), mask.reshape(26))
@@ -98,7 +99,7 @@ def test_no_drop_matches_reference_loop(e):
 
 def test_aux_losses_and_load_match_formulas():
     e, k = 8, 2
-    layer = MoEFeedForward(small_cfg(e=e, group_size=16), rngs=nnx.Rngs(2))
+    layer = build.moe(small_cfg(e=e, group_size=16), rngs=nnx.Rngs(2))
     x, mask = random_inputs(3, 20, 16, seed=3, pad_frac=0.3)
     _, stats = call(layer, x, jnp.asarray(mask))
 
@@ -142,7 +143,7 @@ def crafted_batch():
 
 def test_crafted_routing_drops_second_choices_first():
     cfg = small_cfg(d=4, e=4, group_size=8, factor=1.0)
-    layer = MoEFeedForward(cfg, rngs=nnx.Rngs(3))
+    layer = build.moe(cfg, rngs=nnx.Rngs(3))
     layer.router.value = jnp.eye(4)
     x, mask, pairs, kept = crafted_batch()
     assert capacity(8, 4, 2, 1.0) == 4
@@ -171,10 +172,13 @@ def test_crafted_routing_drops_second_choices_first():
     # Load is counted before dropping: experts 0 and 1 get 8 assignments each, 2 and 3 get 4.
     np.testing.assert_allclose(stats["expert_load"], [1 / 3, 1 / 3, 1 / 6, 1 / 6], rtol=1e-6)
 
-    # eval_capacity_factor 2.0 gives capacity 8: nothing drops at train=False.
-    _, eval_stats = call(layer, jnp.asarray(x).reshape(2, 8, 4),
-                         jnp.asarray(mask).reshape(2, 8), train=False)
+    # Inference (train=False) never drops: every real token gets both its experts, as in the
+    # token-by-token reference without capacity.
+    y_eval, eval_stats = call(layer, jnp.asarray(x).reshape(2, 8, 4),
+                              jnp.asarray(mask).reshape(2, 8), train=False)
     assert float(eval_stats["dropped_fraction"]) == 0.0
+    want = reference(params_of(layer), jnp.asarray(x), mask)[0]
+    np.testing.assert_allclose(np.asarray(y_eval).reshape(16, 4), np.asarray(want), rtol=1e-5, atol=1e-6)
 
 
 @nnx.jit
@@ -185,9 +189,9 @@ def loss_fn(layer, x, mask, r):
 
 def test_dropless_matches_capacity_path_and_gradients():
     cfg = small_cfg(e=8, factor=8.0)
-    cap_layer = MoEFeedForward(cfg, rngs=nnx.Rngs(4))
+    cap_layer = build.moe(cfg, rngs=nnx.Rngs(4))
     cfg.model.moe.mode = "dropless"
-    drop_layer = MoEFeedForward(cfg, rngs=nnx.Rngs(4))
+    drop_layer = build.moe(cfg, rngs=nnx.Rngs(4))
     x, mask = random_inputs(2, 13, 16, seed=5)
     mask = jnp.asarray(mask)
     r = jax.random.normal(jax.random.key(6), x.shape)
@@ -210,7 +214,7 @@ def test_dropless_matches_capacity_path_and_gradients():
 @pytest.mark.parametrize("mode", ["capacity", "dropless"])
 def test_gradients_match_reference_loop(mode):
     cfg = small_cfg(d=8, e=4, f=8, group_size=4, factor=4.0, mode=mode)
-    layer = MoEFeedForward(cfg, rngs=nnx.Rngs(7))
+    layer = build.moe(cfg, rngs=nnx.Rngs(7))
     x, mask = random_inputs(1, 7, 8, seed=8, pad_frac=0.2)
     r = jax.random.normal(jax.random.key(9), x.shape)
 
@@ -241,9 +245,9 @@ def test_gradients_match_reference_loop(mode):
 
 def test_bfloat16_compute_keeps_router_float32():
     cfg = small_cfg(e=4, factor=4.0)
-    layer32 = MoEFeedForward(cfg, rngs=nnx.Rngs(11))
+    layer32 = build.moe(cfg, rngs=nnx.Rngs(11))
     cfg.model.dtype = "bfloat16"
-    layer16 = MoEFeedForward(cfg, rngs=nnx.Rngs(11))
+    layer16 = build.moe(cfg, rngs=nnx.Rngs(11))
     x, mask = random_inputs(2, 13, 16, seed=12)
     (y32, s32), (y16, s16) = call(layer32, x, mask), call(layer16, x, mask)
     assert y16.dtype == jnp.bfloat16 and s16["z_loss"].dtype == jnp.float32
@@ -257,9 +261,9 @@ def test_expert_parallel_mesh_matches_single_device():
         import jax, jax.numpy as jnp, numpy as np
         from flax import nnx
         from tests.models.test_moe import small_cfg, random_inputs
-        from mm1_jax.models.moe import MoEFeedForward
+        from tests.models import build
         from mm1_jax.sharding import logical_to_mesh
-        layer = MoEFeedForward(small_cfg(e=4, group_size=8, factor=1.0), rngs=nnx.Rngs(0))
+        layer = build.moe(small_cfg(e=4, group_size=8, factor=1.0), rngs=nnx.Rngs(0))
         x, mask = random_inputs(4, 8, 16, seed=1)
         want, want_stats = layer(x, jnp.asarray(mask))
         axes = ("data", "fsdp", "tensor", "expert")

@@ -36,7 +36,7 @@ def demo_cfg(compile_cache):
     """experiments/demo_cpu.py as shipped (synthetic batches: no tokenizer needed)."""
     cfg = load_config(os.path.join(ROOT, "experiments/demo_cpu.py"))
     cfg.data.tokenizer = None
-    cfg.train.build_demo_data = False
+    cfg.evals = {}  # no demo corpus behind synthetic batches
     cfg.train.compile_cache_dir = compile_cache
     return cfg
 

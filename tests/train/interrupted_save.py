@@ -9,7 +9,7 @@ import sys
 import jax.numpy as jnp
 
 from mm1_jax.config import base_config
-from mm1_jax.train.checkpoint import Checkpointer
+from mm1_jax.checkpoint import Checkpointer
 
 
 @dataclasses.dataclass

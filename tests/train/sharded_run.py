@@ -10,17 +10,18 @@ import jax
 import numpy as np
 
 from mm1_jax.config import load_config
-from mm1_jax.train import mesh as mesh_lib
-from mm1_jax.train.checkpoint import Checkpointer
+from mm1_jax.checkpoint import Checkpointer
+from mm1_jax.startup import start
 from mm1_jax.train.loop import compile_step, global_batch
 from mm1_jax.train.state import abstract_train_state, init_train_state
-from mm1_jax.train.synthetic import make_global_batch
+from mm1_jax.train.synthetic import SPECIAL, make_global_batch
 
 STEPS = 5
 
 
 def make_cfg(case: str):
     cfg = load_config("experiments/demo_cpu.py")
+    cfg.evals, cfg.data.tokenizer = {}, None  # synthetic batches: no demo corpus, no tokenizer
     if case == "moe":  # the demo decoder with its 2nd FFN replaced by 4 top-2 experts
         cfg.model.moe.num_experts, cfg.model.moe.every = 4, 2
     return cfg
@@ -29,13 +30,13 @@ def make_cfg(case: str):
 class Run:
     def __init__(self, cfg, shape, devices):
         cfg.mesh.shape = shape
-        self.mesh = mesh_lib.make_mesh(cfg, devices)
-        mesh_lib.check_batch(cfg, self.mesh)
-        self.abstract, self.shardings = abstract_train_state(cfg, self.mesh)
+        self.run = start(cfg, devices=devices, special=SPECIAL, corpus=False)
+        self.mesh = self.run.mesh
+        self.abstract, self.shardings = abstract_train_state(self.run)
         self.cfg, self.step_fn = cfg, None
 
     def init(self):
-        return init_train_state(self.cfg, self.abstract, self.shardings)
+        return init_train_state(self.run, self.abstract, self.shardings)
 
     def step(self, state, batch):
         batch = global_batch(batch, self.mesh)

@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mm1_jax.config import base_config
-from mm1_jax.train.checkpoint import Checkpointer
+from mm1_jax.checkpoint import Checkpointer
 from tests.train.conftest import ROOT, run_python
 
 STEPS, EVERY = 20, 10

@@ -8,18 +8,19 @@ import jax
 import numpy as np
 import pytest
 
-from mm1_jax.train import mesh as mesh_lib
+from mm1_jax.startup import start
 from mm1_jax.train.loop import TrainingError, compile_step, global_batch, train
 from mm1_jax.train.optimizer import flatten_paths
 from mm1_jax.train.state import abstract_train_state, init_train_state
-from mm1_jax.train.synthetic import make_global_batch
+from mm1_jax.train.synthetic import SPECIAL, SyntheticBatches, make_global_batch
 
 
 def _steps(cfg, batches):
     """The loop's own compiled step (so the loop test below reuses its compilation)."""
-    mesh = mesh_lib.make_mesh(cfg)
-    abstract, shardings = abstract_train_state(cfg, mesh)
-    state = init_train_state(cfg, abstract, shardings)
+    run = start(cfg, special=SPECIAL, corpus=False)
+    mesh = run.mesh
+    abstract, shardings = abstract_train_state(run)
+    state = init_train_state(run, abstract, shardings)
     init = jax.device_get(state.arrays())
     step, out = None, []
     for b in batches:
@@ -60,7 +61,7 @@ def test_gradient_accumulation_is_the_same_objective(demo_cfg):
 def test_non_finite_step_is_skipped_and_counted(demo_cfg):
     good = make_global_batch(demo_cfg, 0, 0)
     bad = make_global_batch(demo_cfg, 0, 1)
-    bad["images"][0, 0, 0, 0, 0] = np.nan
+    bad["loss_mask"][0, 5] = np.nan  # a NaN loss (uint8 pixels cannot carry one)
     init, final, metrics = _steps(demo_cfg, [bad, bad])
     assert [m["opt/skipped"] for m in metrics] == [1, 1]
     assert [m["opt/bad_streak"] for m in metrics] == [1, 2]
@@ -74,10 +75,51 @@ def test_non_finite_step_is_skipped_and_counted(demo_cfg):
 
 
 def test_loop_stops_on_a_streak_of_non_finite_steps(demo_cfg, tmp_path):
-    from mm1_jax.train.synthetic import SyntheticBatches
-
     demo_cfg.train.max_bad_steps, demo_cfg.train.log_every = 3, 1  # steps as shipped: same program
     with pytest.raises(TrainingError, match=r"step 5: 3 consecutive steps had a non-finite"):
-        train(demo_cfg, str(tmp_path), iterator=SyntheticBatches(demo_cfg, nan_from=2))
+        train(demo_cfg, str(tmp_path), iterator=SyntheticBatches(demo_cfg, nan_from=2),
+              special=SPECIAL)
     rows = [json.loads(l) for l in open(os.path.join(tmp_path, "metrics.jsonl"))]
     assert [r["opt/skipped_total"] for r in rows] == [0, 0, 1, 2]
+
+
+def _mismatched(cfg, index):
+    """A synthetic batch whose row 0 claims one image fewer than its placeholders hold."""
+    b = make_global_batch(cfg, 0, index)
+    b["image_mask"][0, b["image_mask"][0].sum() - 1] = False
+    return b
+
+
+def test_placeholder_mismatch_refuses_the_update(demo_cfg):
+    good = make_global_batch(demo_cfg, 0, 0)
+    init, final, metrics = _steps(demo_cfg, [_mismatched(demo_cfg, 1)])
+    assert metrics[0]["data/placeholder_mismatch"] == 1 and metrics[0]["opt/skipped"] == 1
+    jax.tree.map(np.testing.assert_array_equal, init["params"], final["params"])
+    jax.tree.map(np.testing.assert_array_equal, init["opt_state"], final["opt_state"])
+    _, _, metrics = _steps(demo_cfg, [good])
+    assert metrics[0]["data/placeholder_mismatch"] == 0 and metrics[0]["opt/skipped"] == 0
+
+
+class _MismatchAt(SyntheticBatches):
+    def __init__(self, cfg, at):
+        super().__init__(cfg)
+        self.at = at
+
+    def __next__(self):
+        if self.index == self.at:
+            self.index += 1
+            return _mismatched(self.cfg, self.index - 1)
+        return super().__next__()
+
+
+def test_loop_stops_at_the_mismatched_step_before_it_reaches_a_checkpoint(demo_cfg, tmp_path):
+    """Batch 4 (step 5) disagrees with the model; checkpoints every 5 steps: the run stops
+    naming step 5, and the newest checkpoint is the one before (nothing of that batch saved)."""
+    import orbax.checkpoint as ocp
+
+    demo_cfg.checkpoint.every, demo_cfg.checkpoint.async_save = 5, False
+    demo_cfg.train.steps = 20  # same program; the run never gets there
+    with pytest.raises(TrainingError, match=r"step 5: 1 rows of the batch have a number of image"):
+        train(demo_cfg, str(tmp_path), iterator=_MismatchAt(demo_cfg, 4), special=SPECIAL)
+    steps = ocp.utils.checkpoint_steps(str(tmp_path / "checkpoints"))
+    assert 5 not in steps and all(s < 5 for s in steps), steps

@@ -28,10 +28,6 @@ def main(argv):
     cfg = load_config("experiments/demo_cpu.py")
     cfg.data.dir, cfg.data.tokenizer = data, f"{data}/tokenizer.model"
     cfg.train.steps, cfg.train.log_every, cfg.mesh.shape = steps, 1, (2, 1, 1, 1)
-    cfg.train.build_demo_data = False
-    from mm1_jax.train.loop import prepare_config
-
-    cfg = prepare_config(cfg)  # the tokenizer's image id, which the pipeline needs
     train(cfg, workdir, iterator=BothShards(cfg))
 
 

@@ -6,6 +6,10 @@
 - data: the Grain iterator's position (grain's own Orbax handler; one file per process).
 - config: the resolved config as JSON, for people and for evaluation code.
 
+Training writes and resumes through `Checkpointer`; evaluation and tools read parameters alone
+through `restore_params` (no optimiser state is allocated, so the optimiser settings of the
+evaluating config need not match the run's).
+
 A checkpoint is written into `<step>.orbax-checkpoint-tmp-*` and renamed into place only when
 every item is complete, and `latest_step()` lists renamed directories only, so a save cut off by
 SIGKILL or a crash is never restored (and its leftovers are removed at the next start).
@@ -23,7 +27,6 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
-from mm1_jax.train.state import TrainState
 
 
 def _has_state(iterator: Any) -> bool:
@@ -60,7 +63,7 @@ class Checkpointer:
         """Every `checkpoint.every` steps (Orbax's own policy would also save the first step)."""
         return step % self.every == 0
 
-    def save(self, step: int, state: TrainState, data_iterator: Any, *, force: bool = False) -> bool:
+    def save(self, step: int, state, data_iterator: Any, *, force: bool = False) -> bool:
         """Starts saving `state` (after `step` steps) and the data position; returns at once
         unless `checkpoint.async_save` is off. The iterator must have yielded exactly `step`
         batches."""
@@ -73,8 +76,7 @@ class Checkpointer:
             logging.info("checkpoint: saving step %d to %s", step, self.directory)
         return saved
 
-    def restore(self, abstract: TrainState, data_iterator: Any, step: int | None = None
-                ) -> TrainState | None:
+    def restore(self, abstract, data_iterator: Any, step: int | None = None):
         """The newest complete checkpoint (or `step`) placed in `abstract`'s shardings, with the
         data iterator moved to its saved position; None when the directory holds none."""
         step = self.latest_step() if step is None else step
@@ -110,3 +112,25 @@ def restored_config(directory: str, step: int) -> dict:
                                item_handlers={"config": ocp.JsonCheckpointHandler()}) as m:
         return dict(m.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
 
+
+
+def restore_params(directory: str, abstract_params, step: int | None = None):
+    """(parameters, step) of the newest complete checkpoint in `directory` (or `step`), placed
+    in the shardings `abstract_params` (ShapeDtypeStructs with shardings) carry: each process
+    reads only its shards, so no host ever holds the whole model."""
+    directory = os.path.abspath(directory)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{directory} does not exist; pass the --workdir a training run "
+                                "wrote (python -m mm1_jax.train --workdir=...)")
+    with ocp.CheckpointManager(directory, item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+                               options=ocp.CheckpointManagerOptions(create=False)) as manager:
+        available = sorted(manager.all_steps())
+        step = manager.latest_step() if step is None else step
+        if step is None or step not in available:
+            raise FileNotFoundError(f"no complete checkpoint {'' if step is None else step} in "
+                                    f"{directory} (steps there: {available})")
+        item = {"params": abstract_params}
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True)))
+    return restored["state"]["params"], int(step)

@@ -1,0 +1,166 @@
+"""The one start-up shared by training, evaluation and the tools.
+
+Every check that needs only the config lives in `config.validate`; every check against the world
+(files, devices, processes, the tokenizer's vocabulary) lives in `start`, which runs before
+anything is compiled, so a mistake fails in seconds naming the config key to change. What start-up
+discovers travels as values, never written back into the config:
+
+- `SpecialIds`: the tokenizer's special token ids (`<image>`, `<pad>`, ...), for the model, the
+  pipeline and evaluation;
+- the device mesh;
+- the abstract model (shapes, logical axis names) built once, with its statistics (parameter
+  counts, MM1's eta(N), training FLOPs per token and per image) derived from it;
+- the peak learning rate: `optim.lr`, or eta(N) (MM1 eq. 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+from flax import nnx
+from jax.sharding import Mesh
+
+from mm1_jax import sharding
+from mm1_jax.config import DATA_KINDS, ConfigError, validate
+from mm1_jax.data.tokenizer import SpecialIds, Tokenizer, TokenizerError
+from mm1_jax.models.mm1 import MM1Model
+from mm1_jax.models.stats import ModelStats, model_stats
+
+
+@dataclasses.dataclass(frozen=True)
+class AbstractModel:
+    """The model's structure without memory: graph, parameter shapes, logical axis names."""
+
+    graphdef: Any  # nnx GraphDef of MM1Model
+    params: dict  # nested pure dict of jax.ShapeDtypeStruct
+    names: dict[str, tuple]  # "/"-joined parameter path -> logical axis names
+    stats: ModelStats
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What start-up resolved for one run (training or evaluation)."""
+
+    cfg: ml_collections.ConfigDict  # validated; read, never written
+    special: SpecialIds
+    mesh: Mesh
+    model: AbstractModel
+    peak_lr: float  # optim.lr, or eta(N) of MM1 eq. (1)
+
+
+def build_model(m: ml_collections.ConfigDict, special: SpecialIds, seed: int) -> MM1Model:
+    """The MM1 model of `m` (`cfg.model`) with freshly initialised parameters."""
+    return MM1Model(m, image_token_id=special.image, rngs=nnx.Rngs(seed))
+
+
+def abstract_model(cfg: ml_collections.ConfigDict, special: SpecialIds, *,
+                   with_image_flops: bool = True) -> AbstractModel:
+    """The model under `nnx.eval_shape` (nothing allocated) and its statistics."""
+    model = nnx.eval_shape(lambda: build_model(cfg.model, special, cfg.seed))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    if jax.tree.leaves(rest):
+        raise ValueError(f"the model holds non-parameter state the trainer does not carry: {rest}")
+    names = {"/".join(map(str, path)): var.get_metadata().get("out_sharding")
+             for path, var in nnx.to_flat_state(params)}
+    stats = model_stats(model, cfg.model, cfg.train.seq_len, with_image_flops=with_image_flops)
+    return AbstractModel(graphdef=graphdef, params=nnx.to_pure_dict(params), names=names,
+                         stats=stats)
+
+
+def special_ids(cfg: ml_collections.ConfigDict, special: SpecialIds | None = None) -> SpecialIds:
+    """The special ids of `data.tokenizer` (checked against the decoder's vocabulary), or
+    `special` for runs without a tokenizer (synthetic batches)."""
+    path = cfg.data.tokenizer
+    if not path:
+        if special is None:
+            raise ConfigError("config.data.tokenizer is not set: give the sentencepiece .model "
+                              "(train one with `python -m mm1_jax.data.tokenizer`)")
+        return special
+    if not os.path.exists(path):
+        raise ConfigError(f"config.data.tokenizer: {path!r} does not exist; train one with "
+                          "`python -m mm1_jax.data.tokenizer --input=<corpus> --output=<path>`")
+    try:
+        tok = Tokenizer(path)
+    except TokenizerError as e:
+        raise ConfigError(f"config.data.tokenizer: {e}") from None
+    vocab = cfg.model.decoder.vocab_size
+    if vocab < tok.vocab_size:
+        raise ConfigError(
+            f"config.model.decoder.vocab_size: {vocab} is smaller than the tokenizer's "
+            f"{tok.vocab_size} pieces ({path}, its special pieces included); use >= "
+            f"{tok.vocab_size}")
+    return tok.special
+
+
+def check_corpus(cfg: ml_collections.ConfigDict) -> None:
+    """The training corpus exists: shards of every kind the mixture draws from."""
+    from mm1_jax.data import records
+
+    d = cfg.data
+    if not d.dir:
+        raise ConfigError("config.data.dir is not set: the corpus directory "
+                          "(<dir>/<kind>/*.array_record, see docs/data.md)")
+    for kind in DATA_KINDS:
+        if d.mixture.get(kind, 0.0) <= 0:
+            continue
+        paths = records.shard_paths(d.dir, kind)
+        if not paths:
+            hint = (" (the demo corpus: `python -m mm1_jax.data.demo --output=" + d.dir + "`)"
+                    if os.path.basename(os.path.normpath(d.dir)) == "demo_data" else "")
+            raise ConfigError(
+                f"config.data.dir: no shards {os.path.join(d.dir, kind, '*.array_record')} for "
+                f"kind {kind!r}; convert data with `python -m mm1_jax.data.convert`{hint}, or set "
+                f"config.data.mixture.{kind}=0")
+        if not sum(records.num_records(p) for p in paths):
+            raise ConfigError(f"config.data.dir: the {kind!r} shards under {d.dir} hold no "
+                              f"records; set config.data.mixture.{kind}=0 or convert data")
+
+
+def check_evals(cfg: ml_collections.ConfigDict) -> None:
+    """Every file an evaluator names exists (its type's required fields were checked by
+    config.validate)."""
+    for name, e in cfg.evals.items():
+        paths = {"annotations": e.annotations, "questions": e.questions, "images": e.images,
+                 "dir": e.dir or (cfg.data.dir if e.type == "demo" else None)}
+        paths.update({f"files[{i}]": f for i, f in enumerate(e.files)})
+        for field, path in paths.items():
+            if path and not os.path.exists(path):
+                raise ConfigError(f"config.evals.{name}.{field}: {path!r} does not exist")
+
+
+def check_devices(cfg: ml_collections.ConfigDict, mesh: Mesh) -> None:
+    """The global batch splits over the processes, the mesh's data parallelism and the
+    gradient-accumulation micro-batches."""
+    b, accum, dp = cfg.train.batch_size, cfg.train.grad_accum, sharding.data_parallel_size(mesh)
+    if b % (dp * accum):
+        axes = " x ".join(f"{a}={mesh.shape[a]}" for a in sharding.BATCH_MESH_AXES)
+        raise ConfigError(
+            f"config.train.batch_size: {b} is not divisible by data parallelism ({axes} = {dp}) "
+            f"x train.grad_accum ({accum}) = {dp * accum}; use a multiple of {dp * accum}")
+    if b % jax.process_count():
+        raise ConfigError(f"config.train.batch_size: {b} does not split over "
+                          f"{jax.process_count()} processes")
+
+
+def start(cfg: ml_collections.ConfigDict, *, devices: Sequence[Any] | None = None,
+          special: SpecialIds | None = None, corpus: bool = True) -> Run:
+    """Validates `cfg`, checks it against the world and resolves what the run needs.
+
+    devices: the mesh's devices (default all); special: the special ids of a run without a
+    tokenizer (synthetic batches); corpus: whether the run reads `data.dir` (training on the
+    Grain pipeline; evaluation and synthetic runs do not).
+    """
+    cfg = validate(cfg)
+    special = special_ids(cfg, special)
+    if corpus:
+        check_corpus(cfg)
+    check_evals(cfg)
+    mesh = sharding.make_mesh(cfg.mesh.shape, devices)
+    check_devices(cfg, mesh)
+    model = abstract_model(cfg, special)
+    peak = float(cfg.optim.lr) if cfg.optim.lr is not None else model.stats.peak_lr
+    return Run(cfg=cfg, special=special, mesh=mesh, model=model, peak_lr=peak)
