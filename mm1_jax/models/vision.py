@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from mm1_jax.config import vision_grid
@@ -29,6 +30,37 @@ def normalize_images(images: jax.Array, mean, std) -> jax.Array:
         return images
     mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
     return (images.astype(jnp.float32) * (1.0 / 255.0) - mean) / std
+
+
+def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] weights of PyTorch's 1-D bicubic resize (`interpolate(mode="bicubic",
+    align_corners=False)`, no antialias): Keys' cubic with a = -0.75, source index
+    (i + 0.5) * n_in / n_out - 0.5, taps clamped at the border. timm and HF resize CLIP position
+    embeddings with exactly this; `jax.image.resize` (a = -0.5, antialiased) differs by ~8% RMS."""
+    a = -0.75
+
+    def near(t):  # |t| <= 1
+        return ((a + 2) * t - (a + 3)) * t * t + 1
+
+    def far(t):  # 1 < |t| < 2
+        return ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    base = np.floor(src)
+    t = src - base
+    taps = np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=1)  # [n_out, 4]
+    idx = np.clip(base[:, None].astype(int) + np.arange(-1, 3), 0, n_in - 1)
+    w = np.zeros((n_out, n_in))
+    np.add.at(w, (np.repeat(np.arange(n_out), 4), idx.ravel()), taps.ravel())
+    return w.astype(np.float32)
+
+
+def resize_pos_grid(grid: jax.Array, size: int) -> jax.Array:
+    """Position embeddings of a square grid [g, g, d] -> [size, size, d], bicubic as PyTorch.
+    Works on numpy (conversion) and traced arrays (a model run at another resolution)."""
+    w = bicubic_matrix(grid.shape[0], size)
+    xp = np if isinstance(grid, np.ndarray) else jnp
+    return xp.einsum("yi,xj,ijd->yxd", w, w, grid.astype(np.float32)).astype(grid.dtype)
 
 
 def num_blocks_used(cfg: ml_collections.ConfigDict) -> int:
@@ -96,7 +128,7 @@ class VisionEncoder(nnx.Module):
         if grid == self.grid:
             return pos
         cls_pos, patch_pos = pos[:1], pos[1:].reshape(self.grid, self.grid, -1)
-        patch_pos = jax.image.resize(patch_pos, (grid, grid, patch_pos.shape[-1]), "bicubic")
+        patch_pos = resize_pos_grid(patch_pos, grid)
         return jnp.concatenate([cls_pos, patch_pos.reshape(grid * grid, -1)], axis=0)
 
     def __call__(self, images: jax.Array) -> jax.Array:
