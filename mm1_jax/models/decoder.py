@@ -57,7 +57,7 @@ class Attention(nnx.Module):
         out_init = nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
         self.wo = layers.param(rngs, out_init, (d.heads, d.head_dim, d.width), ("heads", "head_dim", "embed"), pdt)
         # Qwen2-style q/k/v biases (`decoder.attn_bias`); Llama and Mistral have none.
-        self.bq = self.bk = self.bv = None
+        self.attn_bias = d.attn_bias
         if d.attn_bias:
             zeros = nnx.initializers.zeros
             self.bq = layers.param(rngs, zeros, (d.heads, d.head_dim), ("heads", "head_dim"), pdt)
@@ -71,7 +71,7 @@ class Attention(nnx.Module):
         q = jnp.einsum("btd,dnk->btnk", x, w(self.wq))
         k = jnp.einsum("bsd,dgk->bsgk", x, w(self.wk))
         v = jnp.einsum("bsd,dgk->bsgk", x, w(self.wv))
-        if self.bq is not None:
+        if self.attn_bias:
             q, k, v = q + w(self.bq), k + w(self.bk), v + w(self.bv)
         q, k = rope(q, positions, self.theta), rope(k, positions, self.theta)
         if kv is not None:
