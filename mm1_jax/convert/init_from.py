@@ -80,3 +80,22 @@ def apply_init_from(cfg: ml_collections.ConfigDict, abstract, state):
     for component, path in chosen.items():
         params[component] = restore_component(path, {component: abstract.params[component]})[component]
     return state.replace(params=params)
+
+
+def adopt_architecture(cfg: ml_collections.ConfigDict, component: str, path: str) -> None:
+    """Sets `cfg`'s architecture fields of `component` to the checkpoint's, for experiment files
+    at config-building time (`get_config` reads what it starts from). A path that does not
+    exist yet changes nothing: the run's start-up then fails naming `init_from.<component>`."""
+    if not os.path.isdir(path):
+        return
+    src = source_model_config(path)
+    for section in SECTIONS[component]:
+        theirs = src.get(section, {})
+        cfg.model[section].update({f: theirs[f] for f in ARCH_FIELDS[section] if f in theirs})
+
+
+def latest_checkpoint(workdir: str) -> str | None:
+    """`<workdir>/checkpoints/<newest step>` of a finished run, or None if it has none."""
+    root = os.path.join(workdir, "checkpoints")
+    steps = sorted(int(s) for s in os.listdir(root) if s.isdigit()) if os.path.isdir(root) else []
+    return os.path.join(root, str(steps[-1])) if steps else None

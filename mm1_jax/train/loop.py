@@ -23,6 +23,7 @@ import numpy as np
 from absl import logging
 
 from mm1_jax.config import ConfigError, validate
+from mm1_jax.convert.init_from import apply_init_from
 from mm1_jax.train import mesh as mesh_lib
 from mm1_jax.train.checkpoint import Checkpointer
 from mm1_jax.train.metrics import MetricsWriter, model_flops_per_step, peak_flops
@@ -57,10 +58,13 @@ def prepare_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         if not os.path.exists(cfg.data.tokenizer):
             raise ConfigError(f"config.data.tokenizer: {cfg.data.tokenizer!r} does not exist")
         tok = Tokenizer(cfg.data.tokenizer)
-        if cfg.model.decoder.vocab_size < tok.vocab_size:
+        d = cfg.model.decoder
+        if (d.real_vocab_size or d.vocab_size) < tok.vocab_size:
             raise ConfigError(
-                f"config.model.decoder.vocab_size: {cfg.model.decoder.vocab_size} is smaller than "
-                f"the tokenizer's {tok.vocab_size} pieces ({cfg.data.tokenizer})")
+                f"config.model.decoder.vocab_size: {d.real_vocab_size or d.vocab_size} tokens "
+                f"(real_vocab_size, else vocab_size) are fewer than the tokenizer's "
+                f"{tok.vocab_size} pieces ({cfg.data.tokenizer}); a converted decoder grows its "
+                "vocabulary with `python -m mm1_jax.convert decoder --vocab_size`")
         with cfg.unlocked():
             cfg.model.image_token_id = tok.image_id
     return cfg
@@ -157,6 +161,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
     state = ckpt.restore(abstract, iterator)
     if state is None:
         state = init_train_state(cfg, abstract, shardings, model_fn)
+        # init_from (issue 10): a fresh run starts its chosen components from checkpoints.
+        state = apply_init_from(cfg, abstract, state)
     start = int(jax.device_get(state.step))
     logging.info("starting at step %d of %d", start, cfg.train.steps)
 
