@@ -3,6 +3,9 @@ biases) and Mixtral (top-2 MoE, dropless), compared with the PyTorch model's log
 tokens; vocabulary growth and padding; dense -> MoE upcycling; unsupported features named."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ from tests.convert.helpers import load_converted, restored, save_hf
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 V, W, DEPTH, HEADS, KV, HEAD_DIM, MLP = 97, 64, 2, 4, 2, 16, 112
 COMMON = dict(vocab_size=V, hidden_size=W, intermediate_size=MLP, num_hidden_layers=DEPTH,
               num_attention_heads=HEADS, num_key_value_heads=KV, head_dim=HEAD_DIM,
@@ -91,6 +95,27 @@ def test_matches_pytorch(tmp_path, arch, overrides, shard):
     got, want = our_logits(dec), hf_logits(model)
     assert got.shape == want.shape
     assert np.abs(got - want).max() <= 1e-4
+
+
+def test_mixtral_on_the_capacity_path_with_room_for_every_token(tmp_path):
+    """The GShard path agrees too when capacity drops nothing (factor = number of experts)."""
+    model = hf_model("mixtral")
+    _, out = convert(tmp_path, model)
+    cfg = base()
+    cfg.model.moe.mode, cfg.model.moe.eval_capacity_factor = "capacity", 4.0
+    dec, _ = load_converted(out, "decoder", cfg)
+    assert np.abs(our_logits(dec) - hf_logits(model)).max() <= 1e-4
+
+
+def test_the_command_line(tmp_path):
+    """`python -m mm1_jax.convert decoder ...` in its own process, as a user runs it."""
+    model = hf_model("llama")
+    src = save_hf(model, str(tmp_path / "hf"))
+    out = str(tmp_path / "ours")
+    subprocess.run([sys.executable, "-m", "mm1_jax.convert", "decoder", "--src", src, "--out", out],
+                   cwd=ROOT, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": ROOT})
+    dec, _ = load_converted(out, "decoder", base())
+    assert np.abs(our_logits(dec) - hf_logits(model)).max() <= 1e-4
 
 
 def test_vocab_grows_with_mean_rows_and_pads_to_128(tmp_path):
