@@ -101,6 +101,9 @@ class DictReader(Reader):
     def keys(self):
         return list(self.sd)
 
+    def __contains__(self, name):
+        return name in self.sd
+
     def shape(self, name):
         return tuple(self.sd[name].shape)
 

@@ -177,3 +177,15 @@ def test_a_window_longer_than_every_sequence_converts(tmp_path):
     src, out = convert(tmp_path, model, "--max_seq_len", "16")
     dec, _ = load_converted(out, "decoder", base())
     assert np.abs(our_logits(dec) - hf_logits(model)).max() <= 1e-4  # 12 tokens < window
+
+
+def test_bfloat16_checkpoint_reads_exactly(tmp_path):
+    """Real checkpoints are bf16: read through ml_dtypes, every weight arrives bit-exact in f32."""
+    model = hf_model("llama").to(torch.bfloat16)
+    src, out = convert(tmp_path, model)
+    assert '"BF16"' in open(f"{src}/model.safetensors", "rb").read(4096).decode("latin-1")
+    params = restored(out, "decoder")
+    embed = model.model.embed_tokens.weight.detach().float().numpy()
+    np.testing.assert_array_equal(params[("embed",)], embed)
+    down = model.model.layers[1].mlp.down_proj.weight.detach().float().numpy()
+    np.testing.assert_array_equal(params[("periods", "blocks", 0, "ffn", "down", "kernel")][1], down.T)

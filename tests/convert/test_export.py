@@ -54,3 +54,27 @@ def test_round_trip_and_greedy_generation(tmp_path, arch, overrides, flags):
     dec, _ = load_converted(str(tmp_path / "ours"), "decoder", base_config())
     ours = greedy(dec, prompt, 8)
     np.testing.assert_array_equal(ours, theirs)
+
+
+def test_mm1_safetensors_layout_round_trip(tmp_path):
+    """Names are our paths joined by "." (list indices as digits), shapes and values unchanged,
+    and the model config rides along in the metadata (docs/convert.md)."""
+    from mm1_jax.convert.export import export_mm1, load_mm1
+    from mm1_jax.convert.stream import SafetensorsReader
+
+    rng = np.random.default_rng(0)
+    params = {"vision": {"blocks": {"q": {"kernel": rng.normal(size=(2, 8, 8)).astype(np.float32)}}},
+              "decoder": {"embed": rng.normal(size=(16, 8)).astype(np.float32),
+                          "periods": {"blocks": {0: {"attn": {"wq": rng.normal(size=(2, 8, 2, 4)).astype(np.float32)}}}}}}
+    model = base_config().model
+    export_mm1(params, model, str(tmp_path / "mm1.safetensors"))
+    reader = SafetensorsReader(str(tmp_path / "mm1.safetensors"))
+    assert sorted(reader.keys()) == ["decoder.embed", "decoder.periods.blocks.0.attn.wq", "vision.blocks.q.kernel"]
+    back, model_back = load_mm1(str(tmp_path / "mm1.safetensors"))
+    np.testing.assert_array_equal(back["decoder"]["periods"]["blocks"][0]["attn"]["wq"],
+                                  params["decoder"]["periods"]["blocks"][0]["attn"]["wq"])
+    np.testing.assert_array_equal(back["vision"]["blocks"]["q"]["kernel"], params["vision"]["blocks"]["q"]["kernel"])
+    assert model_back["decoder"]["width"] == model.decoder.width
+    # safetensors' own reader agrees with ours on the file.
+    np.testing.assert_array_equal(load_file(str(tmp_path / "mm1.safetensors"))["decoder.embed"],
+                                  params["decoder"]["embed"])
