@@ -226,5 +226,5 @@ def to_sharded(leaves: Mapping[Path, Leaf], reader: Reader,
     for path, leaf in leaves.items():
         out[path] = jax.make_array_from_callback(
             leaf.shape, shardings[path],
-            lambda idx, leaf=leaf: read_block(reader, leaf, idx).astype(dtype))
+            lambda idx, leaf=leaf: read_block(reader, leaf, idx).astype(dtype, copy=False))
     return out
