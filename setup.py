@@ -29,7 +29,9 @@ setup(
         "pycocoevalcap",  # CIDEr for captioning evaluation (its PTB tokenizer uses Java if present)
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers",
+        # open-clip-torch (tests/convert's OpenCLIP layout) is installed --no-deps by
+        # launch/setup_env.sh: its torchvision dependency has only CUDA wheels for torch 2.13.
+        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers", "safetensors", "ftfy",
                  "tensorboard",  # reads the event files back in tests
                  # executing notebooks/quickstart.ipynb headless
                  "nbclient", "nbformat", "ipykernel", "matplotlib"],

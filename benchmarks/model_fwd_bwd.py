@@ -3,7 +3,7 @@ a fraction of a large matmul's FLOP/s measured in the same run (the CPU's practi
 
     python benchmarks/model_fwd_bwd.py [--configs demo_cpu,cpu_100m] [--batch 8,1]
 
-Model FLOPs per step come from mm1_jax.inspect (6N + attention per token, XLA's count for the
+Model FLOPs per step come from mm1_jax.models.stats (6N + attention per token, XLA's count for the
 encoder + connector per image), counted for fwd+bwd. Batches come from
 mm1_jax.train.synthetic; the model encodes every image slot (fixed shapes), so every slot counts.
 """

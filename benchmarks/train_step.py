@@ -6,7 +6,7 @@ sharded, donated step) on synthetic batches: tokens/s, images/s and MFU.
 "CPU s" is the process's CPU time per step: on a machine shared with other jobs, wall time
 inflates and CPU time does not (2 cores give at most 2 CPU-s per second).
 
-MFU = model FLOPs per step (mm1_jax.inspect: 6N + attention per decoder position, XLA's count for
+MFU = model FLOPs per step (mm1_jax.models.stats: 6N + attention per decoder position, XLA's count for
 encoder + connector per image slot, fwd+bwd) / step time / peak. On CPU the peak is a 2048^3
 float32 matmul measured in the same run (mm1_jax.perf), so MFU reads "fraction of the best XLA
 kernel on this machine", not of a data-sheet figure.

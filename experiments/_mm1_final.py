@@ -3,7 +3,7 @@
 Not an experiment itself (the leading underscore): `mm1_3b.py` etc. call `mm1_final(...)`.
 MM1 does not publish decoder dimensions; the ones chosen here are Llama-style and land the
 decoder sizes on the configs' names and the MoE totals on the paper's 64B / 47B
-(checked by tests/test_experiments.py, printed by `python -m mm1_jax.inspect`).
+(checked by tests/test_experiments.py, printed by `python -m mm1_jax.summary`).
 """
 
 from mm1_jax.config import base_config

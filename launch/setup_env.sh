@@ -17,4 +17,10 @@ if [[ "$extras" == *test* ]]; then
   "$venv/bin/python" -m pip install -q "torch==2.13.0"
 fi
 "$venv/bin/python" -m pip install -q -e "$spec"
+if [[ "$extras" == *test* ]]; then
+  # OpenCLIP for tests/convert, without its torchvision: the only torchvision wheels for torch
+  # 2.13 are CUDA builds that cannot load beside the CPU torch; the tests import OpenCLIP's ViT
+  # without it (tests/convert/helpers.py).
+  "$venv/bin/python" -m pip install -q --no-deps "open-clip-torch"
+fi
 export PATH="$venv/bin:$PATH"

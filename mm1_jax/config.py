@@ -84,6 +84,11 @@ def base_config() -> ml_collections.ConfigDict:
     d.norm_eps = 1e-5
     d.tie_embeddings = False
     d.max_seq_len = 4096  # only for FLOP accounting / sanity checks; RoPE has no table
+    d.attn_bias = False  # q/k/v projection biases (Qwen2); Llama and Mistral have none
+    # Tokens the vocabulary really holds when `vocab_size` is padded (to a multiple of 128, for
+    # sharding; `python -m mm1_jax.convert decoder --pad_vocab_multiple`): the logits of rows
+    # from here on are masked. None = every row is a token.
+    d.real_vocab_size = config_dict.placeholder(int)
 
     m = c.model.moe = ml_collections.ConfigDict()
     m.num_experts = 0  # 0 = dense decoder
@@ -95,6 +100,17 @@ def base_config() -> ml_collections.ConfigDict:
     m.load_balance_coef = 0.01  # MM1 section 4
     m.z_loss_coef = 0.001  # MM1 section 4 (ST-MoE router z-loss)
     m.group_size = 4096  # tokens per routing group for the capacity path
+
+    # ---------------------------------------------------------------- init_from
+    # Converted checkpoints to start a fresh run from, per component (docs/convert.md): a
+    # directory written by `python -m mm1_jax.convert`, or a run's `<workdir>/checkpoints/<step>`
+    # (the transfer recipe's stage 2). Restored straight into the training state's sharding;
+    # a component left None starts from its random initialisation. Ignored when the run
+    # resumes from its own checkpoint.
+    c.init_from = ml_collections.ConfigDict()
+    c.init_from.vision = config_dict.placeholder(str)
+    c.init_from.connector = config_dict.placeholder(str)
+    c.init_from.decoder = config_dict.placeholder(str)
 
     # ---------------------------------------------------------------- data
     c.data = ml_collections.ConfigDict()
@@ -275,6 +291,12 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(d.heads % d.kv_heads == 0, "model.decoder.kv_heads",
              f"{d.kv_heads} kv heads do not divide {d.heads} query heads")
     _require(d.head_dim % 2 == 0, "model.decoder.head_dim", "RoPE needs an even head_dim")
+
+    if d.real_vocab_size is not None:
+        _require(0 < d.real_vocab_size <= d.vocab_size, "model.decoder.real_vocab_size",
+                 f"{d.real_vocab_size} must be in 1..vocab_size ({d.vocab_size})")
+    _require(set(cfg.init_from.keys()) <= {"vision", "connector", "decoder"}, "init_from",
+             f"unknown components {sorted(set(cfg.init_from.keys()) - {'vision', 'connector', 'decoder'})}")
 
     if m.num_experts:
         _require(m.num_experts >= m.top_k, "model.moe.num_experts",

@@ -87,12 +87,14 @@ def special_ids(cfg: ml_collections.ConfigDict, special: SpecialIds | None = Non
         tok = Tokenizer(path)
     except TokenizerError as e:
         raise ConfigError(f"config.data.tokenizer: {e}") from None
-    vocab = cfg.model.decoder.vocab_size
+    d = cfg.model.decoder
+    vocab = d.real_vocab_size or d.vocab_size  # rows past real_vocab_size are padding
     if vocab < tok.vocab_size:
         raise ConfigError(
-            f"config.model.decoder.vocab_size: {vocab} is smaller than the tokenizer's "
-            f"{tok.vocab_size} pieces ({path}, its special pieces included); use >= "
-            f"{tok.vocab_size}")
+            f"config.model.decoder.vocab_size: {vocab} tokens (real_vocab_size, else vocab_size) "
+            f"are fewer than the tokenizer's {tok.vocab_size} pieces ({path}, its special pieces "
+            f"included); use >= {tok.vocab_size} (a converted decoder grows its vocabulary with "
+            "`python -m mm1_jax.convert decoder --vocab_size`)")
     return tok.special
 
 

@@ -41,3 +41,23 @@ def load_params(module: nnx.Module, params: Mapping, *, strict: bool = True) -> 
 def stack(arrays: list[np.ndarray]) -> np.ndarray:
     """Stacks per-layer arrays on the leading "layers" axis the scanned modules use."""
     return np.stack([np.asarray(a) for a in arrays], axis=0)
+
+
+# ------------------------------------------------------------------ converted checkpoints
+# A converted component is a directory holding
+#   state/       an Orbax PyTree checkpoint {"params": {component: parameters}}, the same tree a
+#                run's `<workdir>/checkpoints/<step>/state` holds (so `init_from` reads either);
+#   model.json   {"component", "source", "architecture", "model": {section: {field: value}}}:
+#                the config fields the parameters were converted for (ARCH_FIELDS).
+# The fields of each config section that fix a component's parameters or their meaning; a run
+# that starts from a converted component must agree on every one of them.
+ARCH_FIELDS = {
+    "vision": ("image_size", "patch_size", "width", "depth", "heads", "mlp_dim", "act", "norm_eps",
+               "feature_layer"),
+    "connector": ("kind", "num_tokens", "hidden", "depth", "mlp_depth", "se_ratio", "attn_heads"),
+    "decoder": ("vocab_size", "real_vocab_size", "width", "depth", "heads", "kv_heads", "head_dim",
+                "mlp_dim", "rope_theta", "norm_eps", "tie_embeddings", "attn_bias"),
+    "moe": ("num_experts", "every", "top_k", "expert_mlp_dim"),
+}
+# Which config sections describe each component.
+SECTIONS = {"vision": ("vision",), "connector": ("connector",), "decoder": ("decoder", "moe")}

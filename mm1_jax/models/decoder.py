@@ -56,14 +56,24 @@ class Attention(nnx.Module):
         self.wv = layers.param(rngs, init, (d.width, d.kv_heads, d.head_dim), ("embed", "kv_heads", "head_dim"), pdt)
         out_init = nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
         self.wo = layers.param(rngs, out_init, (d.heads, d.head_dim, d.width), ("heads", "head_dim", "embed"), pdt)
+        # Qwen2-style q/k/v biases (`decoder.attn_bias`); Llama and Mistral have none.
+        self.attn_bias = d.attn_bias
+        if d.attn_bias:
+            zeros = nnx.initializers.zeros
+            self.bq = layers.param(rngs, zeros, (d.heads, d.head_dim), ("heads", "head_dim"), pdt)
+            self.bk = layers.param(rngs, zeros, (d.kv_heads, d.head_dim), ("kv_heads", "head_dim"), pdt)
+            self.bv = layers.param(rngs, zeros, (d.kv_heads, d.head_dim), ("kv_heads", "head_dim"), pdt)
 
     def __call__(self, x, positions, mask, kv=None, index=None):
         """kv: optional cache (k, v) [b, T, g, k]; this call's keys land at slots index.. ."""
         x = x.astype(self.dtype)
         w = lambda p: p[...].astype(self.dtype)  # noqa: E731
-        q = rope(jnp.einsum("btd,dnk->btnk", x, w(self.wq)), positions, self.theta)
-        k = rope(jnp.einsum("bsd,dgk->bsgk", x, w(self.wk)), positions, self.theta)
+        q = jnp.einsum("btd,dnk->btnk", x, w(self.wq))
+        k = jnp.einsum("bsd,dgk->bsgk", x, w(self.wk))
         v = jnp.einsum("bsd,dgk->bsgk", x, w(self.wv))
+        if self.attn_bias:
+            q, k, v = q + w(self.bq), k + w(self.bk), v + w(self.bv)
+        q, k = rope(q, positions, self.theta), rope(k, positions, self.theta)
         if kv is not None:
             at = (0, index, 0, 0)
             k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), at)
@@ -153,6 +163,7 @@ class Decoder(nnx.Module):
         dt, pdt = dtype, param_dtype
         self.dtype, self.remat_policy = dt, remat
         self.tie = d.tie_embeddings
+        self.real_vocab = d.real_vocab_size if d.real_vocab_size is not None else d.vocab_size
         self.embed = layers.param(rngs, nnx.initializers.normal(0.02), (d.vocab_size, d.width),
                                   ("vocab", "embed"), pdt)
 
@@ -219,4 +230,7 @@ class Decoder(nnx.Module):
             logits = jnp.einsum("btd,vd->btv", x, self.embed[...].astype(jnp.float32))
         else:
             logits = self.lm_head(x)
+        if self.real_vocab < logits.shape[-1]:  # rows padded for sharding are never predicted
+            real = jnp.arange(logits.shape[-1]) < self.real_vocab
+            logits = jnp.where(real, logits, jnp.finfo(logits.dtype).min)
         return logits, stats, kv

@@ -43,23 +43,43 @@ def merge_image_embeddings(text_embeds, tokens, image_embeds, image_token_id: in
     return jnp.where(is_img[..., None], gathered.astype(text_embeds.dtype), text_embeds)
 
 
+def vision_encoder(m: ml_collections.ConfigDict, rngs: nnx.Rngs) -> VisionEncoder:
+    """The image encoder of `m` (`cfg.model`) from its own part, `m.vision`."""
+    dt, pdt = layers.dtypes(m)
+    return VisionEncoder(m.vision, dtype=dt, param_dtype=pdt, remat=m.remat, rngs=rngs)
+
+
+def connector(m: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    """The connector of `m` (`cfg.model`): `m.connector`, between the encoder's and the
+    decoder's widths."""
+    dt, pdt = layers.dtypes(m)
+    return build_connector(m.connector, vision_width=m.vision.width,
+                           vision_grid=m.vision.image_size // m.vision.patch_size,
+                           width=m.decoder.width, dtype=dt, param_dtype=pdt, rngs=rngs)
+
+
+def decoder(m: ml_collections.ConfigDict, rngs: nnx.Rngs) -> Decoder:
+    """The decoder of `m` (`cfg.model`) from `m.decoder` and `m.moe`."""
+    dt, pdt = layers.dtypes(m)
+    return Decoder(m.decoder, m.moe, dtype=dt, param_dtype=pdt, remat=m.remat, rngs=rngs)
+
+
+# Each component on its own (converters, tests), built exactly as MM1Model builds it.
+COMPONENTS = {"vision": vision_encoder, "connector": connector, "decoder": decoder}
+
+
 class MM1Model(nnx.Module):
     """m: `cfg.model`; image_token_id: the tokenizer's `<image>` placeholder id."""
 
     def __init__(self, m: ml_collections.ConfigDict, *, image_token_id: int, rngs: nnx.Rngs):
-        dt, pdt = layers.dtypes(m)
         if not 0 <= image_token_id < m.decoder.vocab_size:
             raise ValueError(f"image_token_id {image_token_id} is outside the decoder's "
                              f"vocabulary of {m.decoder.vocab_size} (config.model.decoder.vocab_size)")
         self.image_token_id = image_token_id
         self.tokens_per_image = m.connector.num_tokens
-        self.vision = VisionEncoder(m.vision, dtype=dt, param_dtype=pdt, remat=m.remat, rngs=rngs)
-        self.connector = build_connector(
-            m.connector, vision_width=m.vision.width,
-            vision_grid=m.vision.image_size // m.vision.patch_size, width=m.decoder.width,
-            dtype=dt, param_dtype=pdt, rngs=rngs)
-        self.decoder = Decoder(m.decoder, m.moe, dtype=dt, param_dtype=pdt, remat=m.remat,
-                               rngs=rngs)
+        self.vision = vision_encoder(m, rngs)
+        self.connector = connector(m, rngs)
+        self.decoder = decoder(m, rngs)
         self.moe_coefs = (m.moe.load_balance_coef, m.moe.z_loss_coef) if m.moe.num_experts else None
 
     def encode_images(self, images: jax.Array) -> jax.Array:

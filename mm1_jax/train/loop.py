@@ -30,6 +30,7 @@ from flax import nnx
 from mm1_jax import sharding
 from mm1_jax.checkpoint import Checkpointer
 from mm1_jax.config import DATA_KINDS
+from mm1_jax.convert.init_from import apply_init_from
 from mm1_jax.data.tokenizer import SpecialIds
 from mm1_jax.eval import evaluators as eval_lib
 from mm1_jax.startup import Run, start
@@ -172,6 +173,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
     state = ckpt.restore(abstract, iterator)
     if state is None:
         state = init_train_state(run, abstract, shardings)
+        # init_from: a fresh run starts its chosen components from converted checkpoints.
+        state = apply_init_from(cfg, abstract, state)
     start_step = int(jax.device_get(state.step))
     logging.info("starting at step %d of %d", start_step, cfg.train.steps)
     evaluators = eval_lib.from_config(cfg)

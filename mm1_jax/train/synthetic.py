@@ -53,7 +53,9 @@ class SyntheticBatches:
 def make_global_batch(cfg, seed: int, index: int) -> dict[str, np.ndarray]:
     B, S = cfg.train.batch_size, cfg.train.seq_len
     n_img, T = cfg.data.max_images, cfg.model.connector.num_tokens
-    size, vocab, sp = cfg.model.vision.image_size, cfg.model.decoder.vocab_size, SPECIAL
+    d = cfg.model.decoder
+    # Token ids of the real vocabulary only: padding rows (real_vocab_size) are never targets.
+    size, vocab, sp = cfg.model.vision.image_size, d.real_vocab_size or d.vocab_size, SPECIAL
     rng = np.random.default_rng([seed, index])
     tokens = rng.integers(8, vocab, (B, S)).astype(np.int32)
     image_mask = np.zeros((B, n_img), bool)

@@ -3,43 +3,32 @@ layer on its own (each module receives only its part of the config)."""
 
 from flax import nnx
 
-from mm1_jax.config import expert_mlp_dim, vision_grid
+from mm1_jax.config import expert_mlp_dim
 from mm1_jax.models import layers
-from mm1_jax.models.connector import build_connector
-from mm1_jax.models.decoder import Decoder
-from mm1_jax.models.mm1 import MM1Model
+from mm1_jax.models import mm1 as mm1_lib
 from mm1_jax.models.moe import MoEFeedForward
-from mm1_jax.models.vision import VisionEncoder
 from mm1_jax.train.synthetic import SPECIAL
 
 
-def _dt(cfg):
-    dt, pdt = layers.dtypes(cfg.model)
-    return dict(dtype=dt, param_dtype=pdt)
-
-
-def vision(cfg, rngs=None) -> VisionEncoder:
-    return VisionEncoder(cfg.model.vision, remat=cfg.model.remat, rngs=rngs or nnx.Rngs(0),
-                         **_dt(cfg))
+def vision(cfg, rngs=None):
+    return mm1_lib.vision_encoder(cfg.model, rngs or nnx.Rngs(0))
 
 
 def connector(cfg, rngs=None):
-    m = cfg.model
-    return build_connector(m.connector, vision_width=m.vision.width,
-                           vision_grid=vision_grid(m.vision), width=m.decoder.width,
-                           rngs=rngs or nnx.Rngs(0), **_dt(cfg))
+    return mm1_lib.connector(cfg.model, rngs or nnx.Rngs(0))
 
 
-def decoder(cfg, rngs=None) -> Decoder:
-    return Decoder(cfg.model.decoder, cfg.model.moe, remat=cfg.model.remat,
-                   rngs=rngs or nnx.Rngs(0), **_dt(cfg))
+def decoder(cfg, rngs=None):
+    return mm1_lib.decoder(cfg.model, rngs or nnx.Rngs(0))
 
 
 def moe(cfg, rngs=None) -> MoEFeedForward:
+    """A bare MoE layer (MM1Model builds it inside a decoder block, from the same fields)."""
     d, m = cfg.model.decoder, cfg.model.moe
-    return MoEFeedForward(m, width=d.width, mlp_dim=expert_mlp_dim(d, m),
-                          rngs=rngs or nnx.Rngs(0), **_dt(cfg))
+    dt, pdt = layers.dtypes(cfg.model)
+    return MoEFeedForward(m, width=d.width, mlp_dim=expert_mlp_dim(d, m), dtype=dt,
+                          param_dtype=pdt, rngs=rngs or nnx.Rngs(0))
 
 
-def mm1(cfg, rngs=None, image_token_id: int = SPECIAL.image) -> MM1Model:
-    return MM1Model(cfg.model, image_token_id=image_token_id, rngs=rngs or nnx.Rngs(0))
+def mm1(cfg, rngs=None, image_token_id: int = SPECIAL.image) -> mm1_lib.MM1Model:
+    return mm1_lib.MM1Model(cfg.model, image_token_id=image_token_id, rngs=rngs or nnx.Rngs(0))
