@@ -61,13 +61,16 @@ def logical_to_mesh(names, rules=LOGICAL_RULES, mesh_axes=None):
 def constrain(x, names):
     """with_sharding_constraint by logical names; a no-op outside a mesh context.
 
-    Meshes are built with AxisType.Auto (mm1_jax.train); models call this on activations at layer boundaries (e.g. the MoE dispatch tensor) so the
-    compiler keeps the intended layout; on one device (tests, inspect) nothing happens.
+    Meshes are built with AxisType.Auto (`make_mesh`); models call this on activations at layer
+    boundaries (e.g. the MoE dispatch tensor) so the compiler keeps the intended layout; on one
+    device (tests, summaries) nothing happens. A mesh axis that does not divide its dimension is
+    left out for that dimension (`spec_for`): an evaluation batch of 4 rows on 8 devices stays
+    whole rather than failing.
     """
     mesh = jax.sharding.get_abstract_mesh()
     if mesh is None or mesh.empty:
         return x
-    return jax.lax.with_sharding_constraint(x, logical_to_mesh(names, mesh_axes=mesh.axis_names))
+    return jax.lax.with_sharding_constraint(x, spec_for(x.shape, names, mesh))
 
 
 def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
@@ -113,10 +116,11 @@ def spec_for(shape: Sequence[int], names: Sequence[str | None] | None, mesh: Mes
     if names is None:
         return PartitionSpec()
     spec = logical_to_mesh(names, mesh_axes=mesh.axis_names)
+    sizes = dict(mesh.shape)  # a Mesh or an AbstractMesh
     out = []
     for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
         axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-        while axes and dim % math.prod(mesh.shape[a] for a in axes):
+        while axes and dim % math.prod(sizes[a] for a in axes):
             axes = axes[:-1]
         out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
     return PartitionSpec(*out)
@@ -130,6 +134,34 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+def mesh_of(tree) -> Mesh | None:
+    """The mesh the arrays of `tree` live on (the first NamedSharding found), or None."""
+    for leaf in jax.tree.leaves(tree):
+        sh = getattr(leaf, "sharding", None)
+        if isinstance(sh, NamedSharding):
+            return sh.mesh
+    return None
+
+
+def to_mesh_inputs(tree, mesh: Mesh | None):
+    """Host inputs (numpy) for a jitted function whose parameters live on `mesh`: with several
+    processes, global arrays replicated over the mesh (every process holds the same inputs:
+    evaluation prompts are the same on all of them); with one, the arrays as they are."""
+    if mesh is None or jax.process_count() == 1:
+        return tree
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(replicated(mesh), np.asarray(x)), tree)
+
+
+def to_host(x) -> np.ndarray:
+    """A (small) result back on every host: generated token ids, summed log-likelihoods."""
+    if jax.process_count() == 1 or getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def param_shardings(params, names: dict[str, Any], mesh: Mesh):

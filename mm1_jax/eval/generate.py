@@ -5,6 +5,11 @@ slot; padding slots are masked out of attention and RoPE positions count real to
 row generates exactly what it would generate alone. The whole decode loop is one
 `jax.lax.fori_loop` inside one jit: no recompilation per token (one compile per prompt length,
 batch size and `max_new_tokens`).
+
+Sharded models generate where they live: with parameters sharded on the training mesh (FSDP,
+tensor and expert axes), the prompts go to that mesh (replicated; on several processes as global
+arrays), the KV cache is split like the activations (batch over the data axes, kv heads over
+`tensor`) and only the generated token ids come back to the host. No host gathers parameters.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mm1_jax import sharding
 from mm1_jax.models.mm1 import MM1Model, PlaceholderMismatchError, placeholder_mismatch
 
 
@@ -66,25 +72,27 @@ def generate(model: MM1Model, prompts: Sequence[Sequence[int]], images: np.ndarr
     """Continues each prompt; returns the new tokens of each row, cut before the first stop id.
 
     prompts: token lists that already hold image placeholder runs; images: [b, n_img, H, W, 3]
-    uint8 pixels as the data pipeline ships them (or CLIP-normalised floats); image_mask: [b, n_img]. `use_cache=False` recomputes
-    the whole sequence every step (a reference for tests; same results, quadratic cost).
+    uint8 pixels as the data pipeline ships them (the model normalises them); image_mask:
+    [b, n_img]. `use_cache=False` recomputes the whole sequence every step (a reference for
+    tests; same results, quadratic cost).
     """
     tokens, valid = _left_pad(prompts, pad_id)
     image_mask = np.asarray(image_mask, bool)
     _check_placeholders(model, tokens, image_mask)
     if temperature > 0 and rng is None:
         raise ValueError("sampling (temperature > 0) needs an rng key")
-    rng = rng if rng is not None else jax.random.key(0)
-    images = jnp.asarray(images)  # uint8 pixels are normalised by the model; floats pass through
+    key = np.asarray(jax.random.key_data(rng if rng is not None else jax.random.key(0)))
     fn = _decode_cached if use_cache else _decode_uncached
     graphdef, state = nnx.split(model)
-    out = fn(graphdef, state, jnp.asarray(tokens), jnp.asarray(valid), images, rng,
-             max_new_tokens, float(temperature))
-    return _cut(np.asarray(out), set(stop_ids))
+    inputs = sharding.to_mesh_inputs((tokens, valid, np.asarray(images), key),
+                                     sharding.mesh_of(state))
+    out = fn(graphdef, state, *inputs, max_new_tokens, float(temperature))
+    return _cut(sharding.to_host(out), set(stop_ids))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 6, 7))
-def _decode_cached(graphdef, state, tokens, valid, images, rng, max_new, temperature):
+def _decode_cached(graphdef, state, tokens, valid, images, key, max_new, temperature):
+    rng = jax.random.wrap_key_data(key)
     model = nnx.merge(graphdef, state)
     dec = model.decoder
     b, length = tokens.shape
@@ -118,7 +126,8 @@ def _decode_cached(graphdef, state, tokens, valid, images, rng, max_new, tempera
 
 
 @functools.partial(jax.jit, static_argnums=(0, 6, 7))
-def _decode_uncached(graphdef, state, tokens, valid, images, rng, max_new, temperature):
+def _decode_uncached(graphdef, state, tokens, valid, images, key, max_new, temperature):
+    rng = jax.random.wrap_key_data(key)
     b, length = tokens.shape
     total = length + max_new
     buf = jnp.zeros((b, total), jnp.int32).at[:, :length].set(tokens)

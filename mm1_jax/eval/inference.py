@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mm1_jax import sharding
+
 
 @dataclasses.dataclass(frozen=True)
 class PromptItem:
@@ -74,6 +76,7 @@ def text_perplexity(model, docs: Sequence[Sequence[int]], *, batch_size: int, se
     if not docs:
         raise ValueError("text perplexity: no held-out text tokens to score")
     graphdef, state = nnx.split(model)
+    mesh = sharding.mesh_of(state)  # a sharded model scores where it lives
     total, count = 0.0, 0.0
     for start in range(0, len(docs), batch_size):
         tokens = np.full((batch_size, seq_len), special.pad, np.int32)
@@ -87,6 +90,7 @@ def text_perplexity(model, docs: Sequence[Sequence[int]], *, batch_size: int, se
              "segment_ids": segment_ids, "positions": positions,
              "images": np.zeros((batch_size, 0, image_size, image_size, 3), np.uint8),
              "image_mask": np.zeros((batch_size, 0), bool)}
-        nll, n_tok = jax.device_get(_nll(graphdef, state, b))
+        nll, n_tok = (float(sharding.to_host(x))
+                      for x in _nll(graphdef, state, sharding.to_mesh_inputs(b, mesh)))
         total, count = total + float(nll), count + float(n_tok)
     return math.exp(total / count), int(count)

@@ -194,7 +194,9 @@ class Decoder(nnx.Module):
         periods, _, g, k = wk.shape
         blocks = len(self.periods.blocks)
         shape = (periods, blocks, batch, length, g, k)
-        return (jnp.zeros(shape, dtype or self.dtype), jnp.zeros(shape, dtype or self.dtype))
+        # Split like the activations: rows over the data axes, kv heads over `tensor`.
+        names = ("layers", None, "batch", "seq", "kv_heads", "head_dim")
+        return tuple(constrain(jnp.zeros(shape, dtype or self.dtype), names) for _ in range(2))
 
     def forward_with_cache(self, x, positions, key_valid, cache, index, train: bool = False):
         """Runs x [b, t, d] at cache slots index..index+t-1 (prefill: t > 1; decode: t = 1).

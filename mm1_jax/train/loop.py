@@ -136,14 +136,9 @@ def _check(step: int, metrics: dict[str, Any], max_bad: int) -> None:
 
 def evaluate(run: Run, evaluators: list[eval_lib.Evaluator], state: TrainState
              ) -> dict[str, float]:
-    """Runs `evaluators` on the current (sharded) parameters; every process takes part."""
-    if jax.process_count() > 1:
-        # Generation reads its outputs on the host, which a multi-process array does not
-        # allow: every process gathers the parameters and evaluates a local copy.
-        from jax.experimental import multihost_utils
-
-        params = multihost_utils.process_allgather(state.params, tiled=True)
-        return eval_lib.run(evaluators, nnx.merge(state.recipe.graphdef, params))
+    """Runs `evaluators` on the parameters where they are, sharded on the training mesh; every
+    process takes part with the same prompts, and only results reach the hosts (one path for one
+    process and many: no host ever holds all parameters)."""
     with jax.set_mesh(run.mesh):
         return eval_lib.run(evaluators, nnx.merge(state.recipe.graphdef, state.params))
 

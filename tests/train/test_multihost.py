@@ -1,5 +1,6 @@
 """Two JAX processes (jax.distributed over localhost) train demo_cpu through the CLI, each
-reading its own data shard, and match one process fed the same global batch."""
+reading its own data shard, and match one process fed the same global batch; both then evaluate
+on the training mesh (no process gathers the parameters) and match the one process's results."""
 
 import json
 import os
@@ -29,7 +30,7 @@ def _two_processes(workdir, demo_data, compile_cache, steps, every):
          f"--workdir={workdir}", f"--config.train.steps={steps}", "--config.train.log_every=1",
          f"--config.checkpoint.every={every}", f"--config.data.dir={demo_data}",
          f"--config.data.tokenizer={demo_data}/tokenizer.model",
-         f"--config.train.compile_cache_dir={compile_cache}",
+         f"--config.train.compile_cache_dir={compile_cache}", "--config.evals.demo.limit=16",
          f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(2)]
@@ -51,6 +52,11 @@ def test_two_processes_match_one(tmp_path, demo_data, compile_cache):
     run_python(["tests/train/two_shards.py", single, demo_data, str(STEPS)], devices=2,
                compile_cache=compile_cache)
     assert _losses(multi) == pytest.approx(_losses(single), rel=1e-5)
+    # The end-of-run evaluation (generation and perplexity) ran across both processes.
+    multi_eval = json.load(open(os.path.join(multi, "eval.json")))
+    single_eval = json.load(open(os.path.join(single, "eval.json")))
+    assert multi_eval["step"] == single_eval["step"] == STEPS
+    assert multi_eval == pytest.approx(single_eval, rel=1e-4)
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ def main(argv):
     cfg = load_config("experiments/demo_cpu.py")
     cfg.data.dir, cfg.data.tokenizer = data, f"{data}/tokenizer.model"
     cfg.train.steps, cfg.train.log_every, cfg.mesh.shape = steps, 1, (2, 1, 1, 1)
+    cfg.evals.demo.limit = 16  # as the two-process run (test_multihost.py)
     train(cfg, workdir, iterator=BothShards(cfg))
 
 
