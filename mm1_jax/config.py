@@ -16,13 +16,14 @@ import math
 import ml_collections
 from ml_collections import config_dict
 
+from mm1_jax.data.kinds import KINDS
+
 CONNECTORS = ("c_abstractor", "avg_pool", "attn_pool")
 VISION_ACTS = ("quick_gelu", "gelu")
 MOE_MODES = ("capacity", "dropless")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attn_out")
 DTYPES = ("float32", "bfloat16", "float16")
 MESH_AXES = ("data", "fsdp", "tensor", "expert")
-DATA_KINDS = ("interleaved", "caption", "text")
 
 
 class ConfigError(ValueError):
@@ -243,8 +244,8 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _require(m.capacity_factor > 0, "model.moe.capacity_factor", "must be positive")
 
     mix = cfg.data.mixture
-    _require(set(mix.keys()) <= set(DATA_KINDS), "data.mixture",
-             f"unknown kinds {sorted(set(mix.keys()) - set(DATA_KINDS))}; use {DATA_KINDS}")
+    _require(set(mix.keys()) <= set(KINDS), "data.mixture",
+             f"unknown kinds {sorted(set(mix.keys()) - set(KINDS))}; use {KINDS}")
     _require(all(w >= 0 for w in mix.values()) and sum(mix.values()) > 0, "data.mixture",
              "weights must be non-negative with a positive sum")
     _require(cfg.data.max_images >= 0, "data.max_images", "must be >= 0")

@@ -21,6 +21,7 @@ import numpy as np
 
 from mm1_jax.config import ConfigError
 from mm1_jax.data import examples, images, packing, records
+from mm1_jax.data.kinds import KINDS
 from mm1_jax.data.tokenizer import Tokenizer
 
 
@@ -97,7 +98,7 @@ def make_dataset(cfg, *, shard_index: int, shard_count: int) -> grain.IterDatase
     spec = item_spec(cfg)
     tok = Tokenizer(d.tokenizer)
     parts, weights = [], []
-    for k, kind in enumerate(records.KINDS):
+    for k, kind in enumerate(KINDS):
         weight = d.mixture.get(kind, 0.0)
         if weight <= 0:
             continue

@@ -11,7 +11,7 @@ from PIL import Image
 
 from mm1_jax.config import ConfigError
 from mm1_jax.data import pipeline, records
-from mm1_jax.data.records import KINDS
+from mm1_jax.data.kinds import KIND_IDS, KINDS
 from mm1_jax.data.tokenizer import Tokenizer
 from mm1_jax.models.vision import normalize_images
 from tests.data import corpus as C
@@ -82,7 +82,7 @@ def test_packed_batches_follow_the_rules(corpus):
 
                 rec = C.record_of(t, tok, recs)
                 seen[rec.kind] += 1
-                assert (b["kinds"][row][sl] == KINDS.index(rec.kind) + 1).all()
+                assert (b["kinds"][row][sl] == KIND_IDS[rec.kind]).all()
                 pieces, n = C.text_pieces(t, tok)
                 want = [tok.encode(x) for x in rec.texts]
                 if t[-1] == tok.eos_id:  # whole item: every text decodes back exactly
