@@ -127,8 +127,7 @@ def make_dataset(cfg, *, shard_index: int, shard_count: int) -> grain.IterDatase
     packed = packing.pack(items, seq_len=spec.seq_len, max_images=spec.max_images,
                           num_bins=max(d.packing_bins, b), pad_id=tok.pad_id, seed=d.shuffle_seed)
     batches = packed.batch(b, drop_remainder=True, batch_fn=packing.Collate(
-        spec.max_images, spec.image_size, pad_id=tok.pad_id,
-        image_ids=(tok.image_start_id, tok.image_id, tok.image_end_id), pool=d.prefetch + 3))
+        spec.max_images, spec.image_size, special=tok.special, pool=d.prefetch + 3))
     if d.worker_count > 0:
         from absl import flags
 

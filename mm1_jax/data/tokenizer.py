@@ -13,6 +13,7 @@ inserts them by id. Appending grows `vocab_size` past the file's own size: the d
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -24,6 +25,19 @@ from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 IMAGE, IMAGE_START, IMAGE_END = "<image>", "<img>", "</img>"
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 _Piece = sp_pb2.ModelProto.SentencePiece
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialIds:
+    """The special token ids the pipeline, the loss mask and the model agree on, resolved once
+    from a tokenizer (`Tokenizer.special`) and passed as a value."""
+
+    pad: int
+    bos: int
+    eos: int
+    image: int  # the placeholder <image>, replaced by an image embedding in the model
+    image_start: int  # <img>
+    image_end: int  # </img>
 
 
 class TokenizerError(ValueError):
@@ -70,6 +84,11 @@ class Tokenizer:
         self.vocab_size = self._sp.get_piece_size()
         self.special_ids = frozenset((self.bos_id, self.eos_id, self.pad_id, self.image_id,
                                       self.image_start_id, self.image_end_id))
+
+    @property
+    def special(self) -> SpecialIds:
+        return SpecialIds(pad=self.pad_id, bos=self.bos_id, eos=self.eos_id, image=self.image_id,
+                          image_start=self.image_start_id, image_end=self.image_end_id)
 
     def encode(self, text: str) -> list[int]:
         return self._sp.encode(text, out_type=int)

@@ -5,11 +5,17 @@ for learning."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 
-IMAGE_START, IMAGE_END = 4, 5  # any ids other than the placeholder; the model ignores them
+from mm1_jax.data.batch import targets_and_loss_mask
+from mm1_jax.data.tokenizer import SpecialIds
+
+# Special ids of synthetic batches; `image` is base_config's model.image_token_id, the id the
+# model reads as the placeholder. Text tokens are drawn above all of them.
+SPECIAL = SpecialIds(pad=0, bos=1, eos=2, image=3, image_start=4, image_end=5)
 
 
 class SyntheticBatches:
@@ -18,8 +24,8 @@ class SyntheticBatches:
     start, T placeholders, end, packed among random text, with two segments per row."""
 
     def __init__(self, cfg, *, seed: int = 0, shard_index: int = 0, shard_count: int = 1,
-                 nan_from: int | None = None):
-        self.cfg, self.seed = cfg, seed
+                 nan_from: int | None = None, special: SpecialIds = SPECIAL):
+        self.cfg, self.seed, self.special = cfg, seed, special
         self.shard_index, self.shard_count = shard_index, shard_count
         self.nan_from = nan_from  # batches from this index on carry NaN images
         self.index = 0
@@ -28,7 +34,7 @@ class SyntheticBatches:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        batch = make_global_batch(self.cfg, self.seed, self.index)
+        batch = make_global_batch(self.cfg, self.seed, self.index, special=self.special)
         if self.nan_from is not None and self.index >= self.nan_from:
             batch["images"][:] = np.nan
         self.index += 1
@@ -45,12 +51,17 @@ class SyntheticBatches:
         pass
 
 
-def make_global_batch(cfg, seed: int, index: int) -> dict[str, np.ndarray]:
+def make_global_batch(cfg, seed: int, index: int, *,
+                      special: SpecialIds = SPECIAL) -> dict[str, np.ndarray]:
+    """Global batch `index`; targets and loss mask by the pipeline's rule
+    (mm1_jax.data.batch.targets_and_loss_mask). The model must take `special.image` as its
+    placeholder id."""
     B, S = cfg.train.batch_size, cfg.train.seq_len
     n_img, T = cfg.data.max_images, cfg.model.connector.num_tokens
-    size, vocab, img_id = cfg.model.vision.image_size, cfg.model.decoder.vocab_size, cfg.model.image_token_id
+    size, vocab = cfg.model.vision.image_size, cfg.model.decoder.vocab_size
     rng = np.random.default_rng([seed, index])
-    tokens = rng.integers(8, vocab, (B, S)).astype(np.int32)
+    low = max(8, max(dataclasses.astuple(special)) + 1)  # text never hits a special id
+    tokens = rng.integers(low, vocab, (B, S)).astype(np.int32)
     image_mask = np.zeros((B, n_img), bool)
     segment_ids = np.zeros((B, S), np.int32)
     positions = np.zeros((B, S), np.int32)
@@ -60,9 +71,9 @@ def make_global_batch(cfg, seed: int, index: int) -> dict[str, np.ndarray]:
         k = min(k, (S // 2) // (T + 2))
         pos = 1
         for i in range(k):
-            tokens[r, pos] = IMAGE_START
-            tokens[r, pos + 1:pos + 1 + T] = img_id
-            tokens[r, pos + 1 + T] = IMAGE_END
+            tokens[r, pos] = special.image_start
+            tokens[r, pos + 1:pos + 1 + T] = special.image
+            tokens[r, pos + 1 + T] = special.image_end
             pos += T + 2 + int(rng.integers(1, 4))
         image_mask[r, :k] = True
         used = int(rng.integers(S * 3 // 4, S + 1))
@@ -71,11 +82,8 @@ def make_global_batch(cfg, seed: int, index: int) -> dict[str, np.ndarray]:
         positions[r, :cut], positions[r, cut:used] = np.arange(cut), np.arange(used - cut)
         kinds[r, :cut] = 1 if k else 3
         kinds[r, cut:used] = int(rng.integers(2, 4))
-        tokens[r, used:] = 0
-    targets = np.roll(tokens, -1, axis=1)
-    nxt = np.roll(segment_ids, -1, axis=1)
-    loss_mask = ((segment_ids != 0) & (nxt == segment_ids) & (tokens != img_id)
-                 & (targets != img_id)).astype(np.float32)
+        tokens[r, used:] = special.pad
+    targets, loss_mask = targets_and_loss_mask(tokens, segment_ids, special)
     images = rng.standard_normal((B, n_img, size, size, 3), np.float32)
     images[~image_mask] = 0.0
     return dict(tokens=tokens, targets=targets, loss_mask=loss_mask, segment_ids=segment_ids,
