@@ -24,6 +24,7 @@ MOE_MODES = ("capacity", "dropless")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attn_out")
 DTYPES = ("float32", "bfloat16", "float16")
 MESH_AXES = ("data", "fsdp", "tensor", "expert")
+MIX_LEVELS = ("sequence", "item")
 
 
 class ConfigError(ValueError):
@@ -102,7 +103,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.max_images = 16  # per packed sequence (MM1 section 5)
     c.data.mixture = ml_collections.ConfigDict(
         {"interleaved": 0.45, "caption": 0.45, "text": 0.10}
-    )  # MM1 section 5 final mix
+    )  # MM1 section 4 final mix: shares of training sequences (see mix_level)
+    # What the mixture weights are shares of. "sequence": each kind is packed into rows on its
+    # own and the rows are mixed, so the weights are shares of training sequences, as in MM1
+    # (and AXLearn, which mixes packed sources). "item": items are mixed before packing (the
+    # old behaviour); items differ ~7x in length, so the weights are then far from the share
+    # of sequences or tokens (docs/data.md).
+    c.data.mix_level = "sequence"
     c.data.shuffle_seed = 0
     c.data.worker_count = 0  # grain worker processes; 0 = in-process
     c.data.prefetch = 2  # batches prefetched ahead of the step (a thread, or per worker)
@@ -248,6 +255,8 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
              f"unknown kinds {sorted(set(mix.keys()) - set(KINDS))}; use {KINDS}")
     _require(all(w >= 0 for w in mix.values()) and sum(mix.values()) > 0, "data.mixture",
              "weights must be non-negative with a positive sum")
+    _require(cfg.data.mix_level in MIX_LEVELS, "data.mix_level",
+             f"{cfg.data.mix_level!r} is not one of {MIX_LEVELS}")
     _require(cfg.data.max_images >= 0, "data.max_images", "must be >= 0")
     _require(cfg.train.seq_len > 0 and cfg.train.batch_size > 0, "train",
              "seq_len and batch_size must be positive")

@@ -111,9 +111,10 @@ def test_packed_batches_follow_the_rules(corpus):
 
 
 @pytest.mark.parametrize("weights", [(0.45, 0.45, 0.10)])
-def test_mixture_weights_over_10000_examples(corpus, weights):
+def test_item_level_mixture_weights_are_shares_of_items(corpus, weights):
+    # data.mix_level = "item" (the old behaviour): 10,000 items, mixed before packing
     d, _ = corpus
-    cfg = C.config(d, prefetch=0)
+    cfg = C.config(d, prefetch=0, mix_level="item")
     cfg.data.mixture = dict(zip(KINDS, weights))
     cfg.train.batch_size = 64
     counts = collections.Counter()
