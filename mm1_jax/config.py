@@ -116,10 +116,12 @@ def base_config() -> ml_collections.ConfigDict:
     # Images are resized to model.vision.image_size (uint8; the model normalises on device).
     c.data.interpolation = "bicubic"  # nearest | bilinear | bicubic (CLIP) | lanczos
     c.data.resize_mode = "center_crop"  # center_crop (CLIP: central square) | squash (whole image)
-    c.data.read_threads = 4  # threads reading + decoding items per process (PIL frees the GIL)
-    c.data.read_buffer = 64  # decoded items buffered ahead of the packer, per process
-    # First-fit packing keeps this many rows open (at least the per-process batch); more rows
-    # waste less padding and hold more items in memory (docs/data.md, benchmarks/data_packing.py).
+    # Threads reading + decoding items (PIL frees the GIL), and decoded items buffered ahead of
+    # the packer: per process, and per kind when mix_level is "sequence" (a packer per kind).
+    c.data.read_threads = 4
+    c.data.read_buffer = 64
+    # First-fit packing keeps this many rows open (at least the per-process batch; per kind when
+    # mix_level is "sequence"); more rows waste less padding and hold more items in memory (docs/data.md, benchmarks/data_packing.py).
     c.data.packing_bins = 32
 
     # ---------------------------------------------------------------- training

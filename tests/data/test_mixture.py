@@ -53,7 +53,7 @@ def realistic_corpus(tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("rows", [2000, pytest.param(10_000, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("rows", [1000, pytest.param(10_000, marks=pytest.mark.slow)])
 def test_sequence_mixing_gives_the_weights_as_shares_of_rows(realistic_corpus, rows):
     r = measure(realistic_corpus, "sequence", rows, mixture=WEIGHTS)
     got_rows, got_tokens = shares(r["rows"]), shares(r["tokens"])
@@ -67,7 +67,7 @@ def test_sequence_mixing_gives_the_weights_as_shares_of_rows(realistic_corpus, r
     # The fill per kind comes from each kind packed alone with another seed (other rows).
     fill = {}
     for k in WEIGHTS:
-        alone = measure(realistic_corpus, "sequence", 400, mixture={k: 1.0}, seed=1)
+        alone = measure(realistic_corpus, "sequence", 320, mixture={k: 1.0}, seed=1)
         fill[k] = alone["tokens"][k] / alone["rows"][k]
     norm = sum(WEIGHTS[k] * fill[k] for k in WEIGHTS)
     for k, w in WEIGHTS.items():
