@@ -16,13 +16,15 @@ import math
 import ml_collections
 from ml_collections import config_dict
 
+from mm1_jax.data.kinds import KINDS
+
 CONNECTORS = ("c_abstractor", "avg_pool", "attn_pool")
 VISION_ACTS = ("quick_gelu", "gelu")
 MOE_MODES = ("capacity", "dropless")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attn_out")
 DTYPES = ("float32", "bfloat16", "float16")
 MESH_AXES = ("data", "fsdp", "tensor", "expert")
-DATA_KINDS = ("interleaved", "caption", "text")
+MIX_LEVELS = ("sequence", "item")
 # Mesh axes the batch is split over (mm1_jax/sharding.py maps the logical "batch" axis to them).
 BATCH_MESH_AXES = ("data", "fsdp", "expert")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")  # data.interpolation (PIL filters)
@@ -119,17 +121,25 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.max_images = 16  # per packed sequence (MM1 section 4)
     c.data.mixture = ml_collections.ConfigDict(
         {"interleaved": 0.45, "caption": 0.45, "text": 0.10}
-    )  # MM1 section 4 final mix
+    )  # MM1 section 4 final mix: shares of training sequences (see mix_level)
+    # What the mixture weights are shares of. "sequence": each kind is packed into rows on its
+    # own and the rows are mixed, so the weights are shares of training sequences, as in MM1
+    # (and AXLearn, which mixes packed sources). "item": items are mixed before packing (the
+    # old behaviour); items differ ~7x in length, so the weights are then far from the share
+    # of sequences or tokens (docs/data.md).
+    c.data.mix_level = "sequence"
     c.data.shuffle_seed = 0
     c.data.worker_count = 0  # grain worker processes; 0 = in-process
     c.data.prefetch = 2  # batches prefetched ahead of the step (a thread, or per worker)
     # Images are resized to model.vision.image_size (uint8; the model normalises on device).
     c.data.interpolation = "bicubic"  # nearest | bilinear | bicubic (CLIP) | lanczos
     c.data.resize_mode = "center_crop"  # center_crop (CLIP: central square) | squash (whole image)
-    c.data.read_threads = 4  # threads reading + decoding items per process (PIL frees the GIL)
-    c.data.read_buffer = 64  # decoded items buffered ahead of the packer, per process
-    # First-fit packing keeps this many rows open (at least the per-process batch); more rows
-    # waste less padding and hold more items in memory (docs/data.md, benchmarks/data_packing.py).
+    # Threads reading + decoding items (PIL frees the GIL), and decoded items buffered ahead of
+    # the packer: per process, and per kind when mix_level is "sequence" (a packer per kind).
+    c.data.read_threads = 4
+    c.data.read_buffer = 64
+    # First-fit packing keeps this many rows open (at least the per-process batch; per kind when
+    # mix_level is "sequence"); more rows waste less padding and hold more items in memory (docs/data.md, benchmarks/data_packing.py).
     c.data.packing_bins = 32
 
     # ---------------------------------------------------------------- training
@@ -307,10 +317,12 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _require(m.capacity_factor > 0, "model.moe.capacity_factor", "must be positive")
 
     mix = cfg.data.mixture
-    _require(set(mix.keys()) <= set(DATA_KINDS), "data.mixture",
-             f"unknown kinds {sorted(set(mix.keys()) - set(DATA_KINDS))}; use {DATA_KINDS}")
+    _require(set(mix.keys()) <= set(KINDS), "data.mixture",
+             f"unknown kinds {sorted(set(mix.keys()) - set(KINDS))}; use {KINDS}")
     _require(all(w >= 0 for w in mix.values()) and sum(mix.values()) > 0, "data.mixture",
              "weights must be non-negative with a positive sum")
+    _require(cfg.data.mix_level in MIX_LEVELS, "data.mix_level",
+             f"{cfg.data.mix_level!r} is not one of {MIX_LEVELS}")
     _require(cfg.data.max_images >= 0, "data.max_images", "must be >= 0")
     _require(cfg.train.seq_len > 0 and cfg.train.batch_size > 0, "train",
              "seq_len and batch_size must be positive")

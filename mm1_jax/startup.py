@@ -25,7 +25,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from mm1_jax import sharding
-from mm1_jax.config import DATA_KINDS, ConfigError, validate
+from mm1_jax.config import ConfigError, validate
+from mm1_jax.data import pipeline
 from mm1_jax.data.tokenizer import SpecialIds, Tokenizer, TokenizerError
 from mm1_jax.models.mm1 import MM1Model
 from mm1_jax.models.stats import ModelStats, model_stats
@@ -98,30 +99,6 @@ def special_ids(cfg: ml_collections.ConfigDict, special: SpecialIds | None = Non
     return tok.special
 
 
-def check_corpus(cfg: ml_collections.ConfigDict) -> None:
-    """The training corpus exists: shards of every kind the mixture draws from."""
-    from mm1_jax.data import records
-
-    d = cfg.data
-    if not d.dir:
-        raise ConfigError("config.data.dir is not set: the corpus directory "
-                          "(<dir>/<kind>/*.array_record, see docs/data.md)")
-    for kind in DATA_KINDS:
-        if d.mixture.get(kind, 0.0) <= 0:
-            continue
-        paths = records.shard_paths(d.dir, kind)
-        if not paths:
-            hint = (" (the demo corpus: `python -m mm1_jax.data.demo --output=" + d.dir + "`)"
-                    if os.path.basename(os.path.normpath(d.dir)) == "demo_data" else "")
-            raise ConfigError(
-                f"config.data.dir: no shards {os.path.join(d.dir, kind, '*.array_record')} for "
-                f"kind {kind!r}; convert data with `python -m mm1_jax.data.convert`{hint}, or set "
-                f"config.data.mixture.{kind}=0")
-        if not sum(records.num_records(p) for p in paths):
-            raise ConfigError(f"config.data.dir: the {kind!r} shards under {d.dir} hold no "
-                              f"records; set config.data.mixture.{kind}=0 or convert data")
-
-
 def check_evals(cfg: ml_collections.ConfigDict) -> None:
     """Every file an evaluator names exists (its type's required fields were checked by
     config.validate)."""
@@ -159,7 +136,7 @@ def start(cfg: ml_collections.ConfigDict, *, devices: Sequence[Any] | None = Non
     cfg = validate(cfg)
     special = special_ids(cfg, special)
     if corpus:
-        check_corpus(cfg)
+        pipeline.check_corpus(cfg)
     check_evals(cfg)
     mesh = sharding.make_mesh(cfg.mesh.shape, devices)
     check_devices(cfg, mesh)

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from mm1_jax.data import records
+from mm1_jax.data.kinds import KINDS
 from mm1_jax.data.records import Record, image_segment, text_segment
 from mm1_jax.data.tokenizer import train_tokenizer
 
@@ -227,7 +228,7 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     path = build(a.output, a.seed)
     counts = {k: sum(records.num_records(s) for s in records.shard_paths(path, k))
-              for k in records.KINDS}
+              for k in KINDS}
     print(json.dumps({"output": path, "records": counts,
                       "heldout_images": len(load_heldout(path)["heldout_image_ids"])}))
 

@@ -16,7 +16,8 @@ import dataclasses
 import numpy as np
 
 from mm1_jax.data import images as image_lib
-from mm1_jax.data.records import KINDS, Record
+from mm1_jax.data.kinds import KIND_IDS
+from mm1_jax.data.records import Record
 from mm1_jax.data.tokenizer import Tokenizer
 
 
@@ -100,7 +101,7 @@ def make_item(record: Record, tok: Tokenizer, spec: ItemSpec) -> dict:
         "tokens": np.asarray(ids[:keep], np.int32),
         "image_slots": np.ones(k, np.int32),
         "images": pixels,
-        "kind": KINDS.index(record.kind) + 1,
+        "kind": KIND_IDS[record.kind],
         "truncated": int(not whole),
         "dropped": dropped,
     }

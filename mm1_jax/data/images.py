@@ -15,14 +15,12 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
+from mm1_jax import config
+
 FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp"}
-INTERPOLATIONS = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,  # CLIP's preprocessing
-    "lanczos": Image.Resampling.LANCZOS,
-}
-RESIZE_MODES = ("center_crop", "squash")
+# The names are config's (config.INTERPOLATIONS, validated there); bicubic is CLIP's.
+INTERPOLATIONS = {name: getattr(Image.Resampling, name.upper()) for name in config.INTERPOLATIONS}
+RESIZE_MODES = config.RESIZE_MODES
 # Modes PIL converts to RGB without losing meaning (alpha is composited on white first).
 _ALPHA_MODES = ("RGBA", "LA", "PA", "P", "RGBa", "La")
 _COLOR_MODES = ("CMYK", "YCbCr", "LAB", "HSV", "1")

@@ -16,6 +16,9 @@ from typing import Any
 import grain
 import numpy as np
 
+from mm1_jax.data.batch import targets_and_loss_mask
+from mm1_jax.data.tokenizer import SpecialIds
+
 META_FEATURES = ("images", "kind", "truncated", "dropped_before")
 
 
@@ -73,10 +76,8 @@ def pack(ds: grain.IterDataset, *, seq_len: int, max_images: int, num_bins: int,
 class Collate:
     """Packed rows -> one batch in the schema of pipeline.make_iterator (a Grain batch_fn).
 
-    Targets are the next token within the segment; the loss mask is 1 where such a target exists
-    and neither the input is an image placeholder nor the target an image token (so never on
-    padding, inside image blocks, or from one document into the next). Both are computed here,
-    vectorised over the batch, where the packer has fixed the segment boundaries.
+    Targets and the loss mask come from mm1_jax.data.batch.targets_and_loss_mask, here where
+    the packer has fixed the segment boundaries, vectorised over the batch.
 
     Pixels are copied from each item's uint8 array into the batch's uint8 array; normalisation
     with model.vision.mean/std happens on the device, inside the jitted step
@@ -87,13 +88,11 @@ class Collate:
     costs a page fault per 4 KiB (benchmarks/data_throughput.py).
     """
 
-    def __init__(self, max_images: int, image_size: int, *, pad_id: int,
-                 image_ids: tuple[int, int, int], pool: int = 4):
-        """`image_ids`: (<img>, <image>, </img>). `pool`: image arrays kept for reuse; cover
-        the batches a consumer holds at once (prefetched, current, and the previous one still
-        bound in a for-loop)."""
+    def __init__(self, max_images: int, image_size: int, *, special: SpecialIds, pool: int = 4):
+        """`pool`: image arrays kept for reuse; cover the batches a consumer holds at once
+        (prefetched, current, and the previous one still bound in a for-loop)."""
         self.max_images, self.image_size, self.pool_size = max_images, image_size, pool
-        self.pad_id, self.image_ids = pad_id, tuple(image_ids)
+        self.special = special
         self._pool: list[np.ndarray] = []  # recycled images arrays ...
         self._written: list[np.ndarray] = []  # ... and which of their slots hold pixels
 
@@ -103,19 +102,14 @@ class Collate:
     def __call__(self, rows: list[dict]) -> dict:
         tokens = np.stack([r["tokens"] for r in rows])  # [b, S]
         seg = np.stack([r["tokens_segment_ids"] for r in rows])
-        same = np.zeros(seg.shape, bool)  # does token t+1 belong to t's item?
-        same[:, :-1] = (seg[:, 1:] == seg[:, :-1]) & (seg[:, :-1] > 0)
-        targets = np.full_like(tokens, self.pad_id)
-        targets[:, :-1] = np.where(same[:, :-1], tokens[:, 1:], self.pad_id)
-        start, image, end = self.image_ids
-        loss = same & (tokens != image) & (targets != start) & (targets != image) & (targets != end)
+        targets, loss_mask = targets_and_loss_mask(tokens, seg, self.special)
         # kind of each segment: the packer appends items (and their meta values) in order
         kinds = np.stack([np.array([0, *r["kind"]], np.int32)[s] for r, s in zip(rows, seg)])
         mask = np.stack([r["image_slots_segment_ids"] > 0 for r in rows])
         return {
             "tokens": tokens,
             "targets": targets,
-            "loss_mask": loss.astype(np.float32),
+            "loss_mask": loss_mask,
             "segment_ids": seg,
             "positions": np.stack([r["tokens_positions"] for r in rows]),
             "kinds": kinds,

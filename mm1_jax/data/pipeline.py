@@ -3,13 +3,16 @@
 Per kind (a `MapDataset`, random access by index):
     ArrayRecord source -> parse -> shuffle (a new order each epoch) -> repeat -> shard by process
     -> decode + resize images, tokenize, cut to fit (mm1_jax.data.examples)
-Then: mix by `data.mixture` weights (Grain's deterministic proportional interleave) -> read in
-`data.read_threads` threads -> first-fit pack (mm1_jax.data.packing) -> batch -> prefetch in a
+Then, with `data.mix_level = "sequence"` (default): per kind, read in `data.read_threads`
+threads -> first-fit pack (mm1_jax.data.packing); mix the packed rows by `data.mixture` weights
+(Grain's deterministic proportional interleave), so the weights are shares of training sequences
+as in MM1. With "item": mix the items by weight, read, then pack. Then: batch -> prefetch in a
 thread (`data.worker_count == 0`) or in worker processes.
 
-Everything up to the mix is a pure function of the element index, and the iterators after it keep
-their state in `get_state()`, so a restored iterator yields exactly the batches that would have
-come (see `save_state` / `restore_state`, and docs/data.md for the trainer's CheckpointManager).
+Everything up to the packer is a pure function of the element index, and the iterators after it
+keep their state in `get_state()`, so a restored iterator yields exactly the batches that would
+have come (see `save_state` / `restore_state`, and docs/data.md for the trainer's
+CheckpointManager).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import grain
 import numpy as np
 
 from mm1_jax.config import ConfigError
-from mm1_jax.data import examples, images, packing, records
+from mm1_jax.data import examples, packing, records
+from mm1_jax.data.kinds import KINDS
 from mm1_jax.data.tokenizer import Tokenizer
 
 
@@ -69,65 +73,81 @@ def item_spec(cfg) -> examples.ItemSpec:
         interpolation=cfg.data.interpolation, resize_mode=cfg.data.resize_mode)
 
 
-def _check(cfg, shard_index: int, shard_count: int) -> None:
+def check_corpus(cfg) -> None:
+    """The corpus exists: `data.dir` and `data.tokenizer` are set, and every kind the mixture
+    draws from has shards holding records. Start-up (mm1_jax.startup.start) runs it before
+    anything compiles; `make_dataset` runs it for callers that skip start-up."""
     d = cfg.data
-    if d.dir is None or d.tokenizer is None:
+    if not d.dir or not d.tokenizer:
         raise ConfigError("config.data.dir and config.data.tokenizer must be set (the corpus "
                           "directory and its sentencepiece .model)")
-    if not os.path.exists(d.tokenizer):
-        raise ConfigError(f"config.data.tokenizer: {d.tokenizer} does not exist; train one with "
-                          "`python -m mm1_jax.data.tokenizer --input=<corpus> --output=<path>`")
-    if d.interpolation not in images.INTERPOLATIONS:
-        raise ConfigError(f"config.data.interpolation: {d.interpolation!r} is not one of "
-                          f"{tuple(images.INTERPOLATIONS)}")
-    if d.resize_mode not in images.RESIZE_MODES:
-        raise ConfigError(f"config.data.resize_mode: {d.resize_mode!r} is not one of "
-                          f"{images.RESIZE_MODES}")
+    for kind in KINDS:
+        if d.mixture.get(kind, 0.0) <= 0:
+            continue
+        paths = records.shard_paths(d.dir, kind)
+        if not paths:
+            hint = (f" (the demo corpus: `python -m mm1_jax.data.demo --output={d.dir}`)"
+                    if os.path.basename(os.path.normpath(d.dir)) == "demo_data" else "")
+            raise ConfigError(
+                f"config.data.dir: no shards {os.path.join(d.dir, kind, '*.array_record')} for "
+                f"kind {kind!r}; convert data with `python -m mm1_jax.data.convert`{hint}, or set "
+                f"config.data.mixture.{kind}=0")
+        if not sum(records.num_records(p) for p in paths):
+            raise ConfigError(f"config.data.dir: the {kind!r} shards under {d.dir} hold no "
+                              f"records; set config.data.mixture.{kind}=0 or convert data")
+
+
+def _items(cfg, kind: int, paths: list[str], spec: examples.ItemSpec, *, shard_index: int,
+           shard_count: int) -> grain.MapDataset:
+    """Items of one kind, endlessly, in a new order per epoch; a pure function of the index."""
+    d = cfg.data
+    source = grain.sources.ArrayRecordDataSource(paths)
+    counts = [records.num_records(p) for p in paths]
+    ds = grain.MapDataset.source(source).map_with_index(_Parse(paths, counts))
+    # shuffle before repeat: the index's epoch reseeds the permutation, a new order per epoch
+    ds = ds.shuffle(seed=(d.shuffle_seed + 1000 * kind) % 2**32).repeat()
+    ds = ds[shard_index::shard_count]
+    return ds.map(_ToItem(d.tokenizer, spec))
+
+
+def make_dataset(cfg, *, shard_index: int, shard_count: int) -> grain.IterDataset:
+    """The batched pipeline of one process (shard) as a Grain IterDataset; see make_iterator."""
+    check_corpus(cfg)
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index {shard_index} is outside 0..{shard_count - 1}")
     if cfg.train.batch_size % shard_count:
         raise ConfigError(f"config.train.batch_size: {cfg.train.batch_size} sequences do not "
                           f"split over {shard_count} processes; use a multiple of {shard_count}")
-
-
-def make_dataset(cfg, *, shard_index: int, shard_count: int) -> grain.IterDataset:
-    """The batched pipeline of one process (shard) as a Grain IterDataset; see make_iterator."""
-    _check(cfg, shard_index, shard_count)
     d = cfg.data
     spec = item_spec(cfg)
     tok = Tokenizer(d.tokenizer)
-    parts, weights = [], []
-    for k, kind in enumerate(records.KINDS):
+    parts, weights = {}, {}
+    for k, kind in enumerate(KINDS):
         weight = d.mixture.get(kind, 0.0)
         if weight <= 0:
             continue
         paths = records.shard_paths(d.dir, kind)
-        if not paths:
-            raise ConfigError(
-                f"config.data.dir: no shards {os.path.join(d.dir, kind, '*.array_record')} for "
-                f"kind {kind!r}; convert data with `python -m mm1_jax.data.convert` or set "
-                f"config.data.mixture.{kind}=0")
-        source = grain.sources.ArrayRecordDataSource(paths)
-        counts = [records.num_records(p) for p in paths]
-        if not sum(counts):
-            raise ConfigError(f"config.data.dir: the {kind!r} shards under {d.dir} hold no "
-                              f"records; set config.data.mixture.{kind}=0 or convert data")
-        ds = grain.MapDataset.source(source).map_with_index(_Parse(paths, counts))
-        # shuffle before repeat: the index's epoch reseeds the permutation, a new order per epoch
-        ds = ds.shuffle(seed=(d.shuffle_seed + 1000 * k) % 2**32).repeat()
-        ds = ds[shard_index::shard_count]
-        parts.append(ds.map(_ToItem(d.tokenizer, spec)))
-        weights.append(weight)
+        parts[kind] = _items(cfg, k, paths, spec, shard_index=shard_index, shard_count=shard_count)
+        weights[kind] = weight
 
-    mixed = grain.MapDataset.mix(parts, weights)
-    items = mixed.to_iter_dataset(grain.ReadOptions(num_threads=d.read_threads,
-                                                    prefetch_buffer_size=d.read_buffer))
     b = cfg.train.batch_size // shard_count
-    packed = packing.pack(items, seq_len=spec.seq_len, max_images=spec.max_images,
-                          num_bins=max(d.packing_bins, b), pad_id=tok.pad_id, seed=d.shuffle_seed)
-    batches = packed.batch(b, drop_remainder=True, batch_fn=packing.Collate(
-        spec.max_images, spec.image_size, pad_id=tok.pad_id,
-        image_ids=(tok.image_start_id, tok.image_id, tok.image_end_id), pool=d.prefetch + 3))
+    read = grain.ReadOptions(num_threads=d.read_threads, prefetch_buffer_size=d.read_buffer)
+
+    def pack(items: grain.IterDataset, seed: int) -> grain.IterDataset:
+        return packing.pack(items, seq_len=spec.seq_len, max_images=spec.max_images,
+                            num_bins=max(d.packing_bins, b), pad_id=tok.pad_id, seed=seed)
+
+    if d.mix_level == "item":  # mix items, then pack: weights are shares of items
+        items = grain.MapDataset.mix(list(parts.values()), list(weights.values()))
+        rows = pack(items.to_iter_dataset(read), d.shuffle_seed)
+    else:  # pack each kind, then mix rows: weights are shares of sequences (MM1, AXLearn)
+        # Keyed by kind, so the saved state names each kind's packer. Each kind packs with its
+        # own seed, so its rows are those of the kind alone (tests/data/test_mixture.py).
+        rows = grain.IterDataset.mix(
+            {kind: pack(p.to_iter_dataset(read), d.shuffle_seed + KINDS.index(kind))
+             for kind, p in parts.items()}, weights)
+    batches = rows.batch(b, drop_remainder=True, batch_fn=packing.Collate(
+        spec.max_images, spec.image_size, special=tok.special, pool=d.prefetch + 3))
     if d.worker_count > 0:
         from absl import flags
 

@@ -23,8 +23,9 @@ from collections.abc import Iterator, Sequence
 import msgpack
 from array_record.python import array_record_module
 
+from mm1_jax.data.kinds import KINDS
+
 SCHEMA_VERSION = 1
-KINDS = ("interleaved", "caption", "text")  # == config.DATA_KINDS; kind id k+1 in batches
 IMAGE_FORMATS = ("jpeg", "png", "webp")
 # One record per chunk keeps random access (global shuffle) to a single record read; zstd at a
 # low level costs little on already-compressed images and shrinks text records several-fold.

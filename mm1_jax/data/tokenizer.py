@@ -82,8 +82,6 @@ class Tokenizer:
         self.image_end_id = special(IMAGE_END, -1)
         self._sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
         self.vocab_size = self._sp.get_piece_size()
-        self.special_ids = frozenset((self.bos_id, self.eos_id, self.pad_id, self.image_id,
-                                      self.image_start_id, self.image_end_id))
 
     @property
     def special(self) -> SpecialIds:

@@ -29,7 +29,7 @@ from flax import nnx
 
 from mm1_jax import sharding
 from mm1_jax.checkpoint import Checkpointer
-from mm1_jax.config import DATA_KINDS
+from mm1_jax.data.kinds import KINDS
 from mm1_jax.convert.init_from import apply_init_from
 from mm1_jax.data.tokenizer import SpecialIds
 from mm1_jax.eval import evaluators as eval_lib
@@ -185,6 +185,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
     last: dict[str, Any] = {}
     window = {"t": time.perf_counter(), "steps": 0, "data_wait": 0.0, "images": 0}
     counters = dict.fromkeys(HOST_COUNTERS.values(), 0)
+    # data/ counts are summed over the log window (a logged step alone would show the mixture's
+    # period, not its shares: packed rows of each kind are interleaved deterministically).
+    counts: dict[str, float] = {}
     evaluated: dict[str, float] = {}
     preempted = False
 
@@ -205,11 +208,15 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
         window["steps"] += 1
         window["data_wait"] += data_wait
         window["images"] += int(metrics["data/images"])
+        for key, value in metrics.items():
+            if key.startswith("data/") and (key.endswith("_tokens") or key == "data/images"):
+                counts[key] = counts.get(key, 0.0) + float(value)
         progress.update(step, loss=float(metrics["loss/total"]))
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
             elapsed = time.perf_counter() - window["t"]
             dt = elapsed / window["steps"]
             metrics.update(_host_sum(counters))
+            metrics.update(counts)
             metrics.update({
                 "perf/step_time": dt,
                 "perf/tokens_per_s": tokens_per_step / dt,
@@ -218,12 +225,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
                 "perf/model_flops_per_s": flops / dt,
                 "perf/mfu": flops / dt / peak,
             })
-            for name in DATA_KINDS:  # no tokens of a kind: no loss
+            for name in KINDS:  # no tokens of a kind: no loss
                 if f"data/{name}_tokens" in metrics and not metrics[f"data/{name}_tokens"]:
                     del metrics[f"loss/{name}"]
             writer.write(step, metrics)
             window.update(t=time.perf_counter(), steps=0, data_wait=0.0, images=0)
             counters.update(dict.fromkeys(counters, 0))
+            counts.clear()
         return metrics
 
     end = start_step

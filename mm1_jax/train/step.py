@@ -26,12 +26,11 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from mm1_jax.config import DATA_KINDS
+from mm1_jax.data.kinds import KIND_IDS
 from mm1_jax.sharding import constrain
 from mm1_jax.train.optimizer import map_paths
 from mm1_jax.train.state import TrainState
 
-KIND_IDS = {name: i + 1 for i, name in enumerate(DATA_KINDS)}  # batch["kinds"]: 0 = padding
 MOE_MEANS = ("moe/load_balance_loss", "moe/z_loss", "moe/expert_load", "moe/dropped_fraction")
 
 

@@ -5,6 +5,7 @@ for learning."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,7 +14,7 @@ from mm1_jax.data.batch import targets_and_loss_mask
 from mm1_jax.data.tokenizer import SpecialIds
 
 # Ids of synthetic batches (no tokenizer): a run on them passes these to the trainer
-# (`train(..., special=SPECIAL)`); random text tokens are drawn from 8 upwards.
+# (`train(..., special=SPECIAL)`); text tokens are drawn above all of them.
 SPECIAL = SpecialIds(pad=0, bos=1, eos=2, image=3, image_start=4, image_end=5)
 
 
@@ -23,8 +24,8 @@ class SyntheticBatches:
     start, T placeholders, end, packed among random text, with two segments per row."""
 
     def __init__(self, cfg, *, seed: int = 0, shard_index: int = 0, shard_count: int = 1,
-                 nan_from: int | None = None):
-        self.cfg, self.seed = cfg, seed
+                 nan_from: int | None = None, special: SpecialIds = SPECIAL):
+        self.cfg, self.seed, self.special = cfg, seed, special
         self.shard_index, self.shard_count = shard_index, shard_count
         self.nan_from = nan_from  # batches from this index on carry a NaN loss mask
         self.index = 0
@@ -33,7 +34,7 @@ class SyntheticBatches:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        batch = make_global_batch(self.cfg, self.seed, self.index)
+        batch = make_global_batch(self.cfg, self.seed, self.index, special=self.special)
         if self.nan_from is not None and self.index >= self.nan_from:
             batch["loss_mask"][:] = np.nan  # uint8 pixels cannot be NaN; the loss can
         self.index += 1
@@ -50,14 +51,19 @@ class SyntheticBatches:
         pass
 
 
-def make_global_batch(cfg, seed: int, index: int) -> dict[str, np.ndarray]:
+def make_global_batch(cfg, seed: int, index: int, *,
+                      special: SpecialIds = SPECIAL) -> dict[str, np.ndarray]:
+    """Global batch `index`; targets and loss mask by the pipeline's rule
+    (mm1_jax.data.batch.targets_and_loss_mask). The model must take `special.image` as its
+    placeholder id."""
     B, S = cfg.train.batch_size, cfg.train.seq_len
     n_img, T = cfg.data.max_images, cfg.model.connector.num_tokens
     d = cfg.model.decoder
     # Token ids of the real vocabulary only: padding rows (real_vocab_size) are never targets.
-    size, vocab, sp = cfg.model.vision.image_size, d.real_vocab_size or d.vocab_size, SPECIAL
+    size, vocab = cfg.model.vision.image_size, d.real_vocab_size or d.vocab_size
     rng = np.random.default_rng([seed, index])
-    tokens = rng.integers(8, vocab, (B, S)).astype(np.int32)
+    low = max(8, max(dataclasses.astuple(special)) + 1)  # text never hits a special id
+    tokens = rng.integers(low, vocab, (B, S)).astype(np.int32)
     image_mask = np.zeros((B, n_img), bool)
     segment_ids = np.zeros((B, S), np.int32)
     positions = np.zeros((B, S), np.int32)
@@ -67,9 +73,9 @@ def make_global_batch(cfg, seed: int, index: int) -> dict[str, np.ndarray]:
         k = min(k, (S // 2) // (T + 2))
         pos = 1
         for i in range(k):
-            tokens[r, pos] = sp.image_start
-            tokens[r, pos + 1:pos + 1 + T] = sp.image
-            tokens[r, pos + 1 + T] = sp.image_end
+            tokens[r, pos] = special.image_start
+            tokens[r, pos + 1:pos + 1 + T] = special.image
+            tokens[r, pos + 1 + T] = special.image_end
             pos += T + 2 + int(rng.integers(1, 4))
         image_mask[r, :k] = True
         used = int(rng.integers(S * 3 // 4, S + 1))
@@ -78,8 +84,8 @@ def make_global_batch(cfg, seed: int, index: int) -> dict[str, np.ndarray]:
         positions[r, :cut], positions[r, cut:used] = np.arange(cut), np.arange(used - cut)
         kinds[r, :cut] = 1 if k else 3
         kinds[r, cut:used] = int(rng.integers(2, 4))
-        tokens[r, used:] = 0
-    targets, loss_mask = targets_and_loss_mask(tokens, segment_ids, sp)
+        tokens[r, used:] = special.pad
+    targets, loss_mask = targets_and_loss_mask(tokens, segment_ids, special)
     images = rng.integers(0, 256, (B, n_img, size, size, 3), np.uint8)
     images[~image_mask] = 0
     return dict(tokens=tokens, targets=targets, loss_mask=loss_mask, segment_ids=segment_ids,

@@ -12,6 +12,7 @@ from sklearn.datasets import load_digits
 
 from experiments.demo_cpu import get_config
 from mm1_jax.data import demo, pipeline, records
+from mm1_jax.data.kinds import KINDS
 from mm1_jax.data.tokenizer import Tokenizer
 from mm1_jax.startup import special_ids
 
@@ -39,7 +40,7 @@ def test_split_by_image_and_labels(demo_dir):
     held_png = {demo.digit_png(digits.images[i]) for i in held}
     train_png = {demo.digit_png(im) for i, im in enumerate(digits.images) if i not in set(held)}
     seen = set()
-    for kind in records.KINDS:
+    for kind in KINDS:
         for r in records.read_records(records.shard_paths(demo_dir, kind)):
             for s in r.segments:
                 if "image" in s:

@@ -33,8 +33,7 @@ def _rec(*segments, kind="interleaved"):
 
 
 def _collate(tok, max_images=2):
-    return packing.Collate(max_images, 16, pad_id=tok.pad_id,
-                           image_ids=(tok.image_start_id, tok.image_id, tok.image_end_id))
+    return packing.Collate(max_images, 16, special=tok.special)
 
 
 def test_item_layout_targets_and_loss_mask(corpus):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mm1_jax.config import ConfigError
+from mm1_jax.config import ConfigError, validate
 from mm1_jax.data import pipeline, records
-from mm1_jax.data.records import KINDS
+from mm1_jax.data.kinds import KIND_IDS, KINDS
 from mm1_jax.data.tokenizer import Tokenizer
 from mm1_jax.models.vision import normalize_images
 from tests.data import corpus as C
@@ -82,7 +82,7 @@ def test_packed_batches_follow_the_rules(corpus):
 
                 rec = C.record_of(t, tok, recs)
                 seen[rec.kind] += 1
-                assert (b["kinds"][row][sl] == KINDS.index(rec.kind) + 1).all()
+                assert (b["kinds"][row][sl] == KIND_IDS[rec.kind]).all()
                 pieces, n = C.text_pieces(t, tok)
                 want = [tok.encode(x) for x in rec.texts]
                 if t[-1] == tok.eos_id:  # whole item: every text decodes back exactly
@@ -111,9 +111,10 @@ def test_packed_batches_follow_the_rules(corpus):
 
 
 @pytest.mark.parametrize("weights", [(0.45, 0.45, 0.10)])
-def test_mixture_weights_over_10000_examples(corpus, weights):
+def test_item_level_mixture_weights_are_shares_of_items(corpus, weights):
+    # data.mix_level = "item" (the old behaviour): 10,000 items, mixed before packing
     d, _ = corpus
-    cfg = C.config(d, prefetch=0)
+    cfg = C.config(d, prefetch=0, mix_level="item")
     cfg.data.mixture = dict(zip(KINDS, weights))
     cfg.train.batch_size = 64
     counts = collections.Counter()
@@ -147,7 +148,7 @@ def test_config_errors_name_the_key(corpus, tmp_path):
         pipeline.make_iterator(cfg, shard_index=0, shard_count=4)
     cfg = C.config(d, interpolation="cubic")
     with pytest.raises(ConfigError, match=r"config.data.interpolation"):
-        pipeline.make_iterator(cfg, shard_index=0, shard_count=1)
+        validate(cfg)  # a static check: config.validate, run first by start-up
 
 
 def test_a_broken_record_is_named_by_shard_and_index(corpus, tmp_path):

@@ -62,9 +62,10 @@ import jax
 port, pid, d, out = sys.argv[1:]
 jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=int(pid))
 from mm1_jax.data import pipeline, records
+from mm1_jax.data.kinds import KINDS
 from mm1_jax.data.tokenizer import Tokenizer
 from tests.data import corpus as C
-recs = {r.id: r for k in records.KINDS for r in records.read_records(records.shard_paths(d, k))}
+recs = {r.id: r for k in KINDS for r in records.read_records(records.shard_paths(d, k))}
 cfg = C.config(d, prefetch=0)
 tok = Tokenizer(cfg.data.tokenizer)
 it = pipeline.make_iterator(cfg)  # shard = this JAX process

@@ -1,5 +1,6 @@
 """Tokenizer: special tokens on a user model (Llama-like), the training CLI, round trips."""
 
+import dataclasses
 import io
 import json
 
@@ -40,7 +41,7 @@ def test_user_model_gets_the_missing_special_tokens(llama_like):
     assert [tok.id_to_piece(i) for i in (600, 601, 602, 603)] == ["<pad>", "<image>", "<img>", "</img>"]
     # control pieces never come out of encode: literal text cannot fake an image slot
     ids = tok.encode("look: <image> <img> </img> <pad>")
-    assert not set(ids) & tok.special_ids
+    assert not set(ids) & set(dataclasses.astuple(tok.special))
     assert tok.decode([tok.bos_id, tok.image_start_id, tok.image_id] + tok.encode("if x") +
                       [tok.eos_id]) == "if x"
 
