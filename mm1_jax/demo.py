@@ -27,7 +27,9 @@ def main(argv):
     from mm1_jax.config import ConfigError
     from mm1_jax.data.demo import ensure_demo_data
     from mm1_jax.eval.demo import format_table
-    from mm1_jax.train.loop import TrainingError, train
+    from mm1_jax.train.loop import TrainingError, quiet_library_logs, train
+
+    quiet_library_logs()
 
     cfg = _CONFIG.value
     workdir = _WORKDIR.value or os.path.join("workdir", cfg.name)

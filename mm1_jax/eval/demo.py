@@ -28,7 +28,6 @@ from mm1_jax.eval import inference, prompts, readers
 
 _DIGIT = re.compile(r"\b(" + "|".join(demo_data.DIGIT_WORDS) + r")\b")
 _WORD = re.compile(r"[A-Za-z]+")
-METRICS = ("caption_acc_0shot", "named_acc_4shot", "named_chance", "text_ppl")
 
 
 def first_digit_word(text: str) -> str | None:
@@ -93,7 +92,7 @@ def caption_demo_images(model, ctx, data_dir: str, n: int = 16, batch_size: int 
 
 def evaluate_demo(model, ctx, data_dir: str, *, batch_size: int = 32,
                   limit: int | None = None) -> dict[str, float]:
-    """The four demo metrics (METRICS) of `model` on the held-out part of the demo corpus.
+    """The four demo metrics (caption_acc_0shot, named_acc_4shot, named_chance, text_ppl) of `model` on the held-out part of the demo corpus.
 
     ctx: mm1_jax.eval.evaluators.Context (tokenizer, image size, tokens per image, row length);
     limit: score only the first n items of each set (quick checks; the reported figures use all

@@ -23,30 +23,20 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config"])
 
 
-class _LibraryInfoFilter(logging.logging.Filter):
-    """Drops INFO lines of Orbax and Grain (dozens per checkpoint); warnings still show."""
-
-    def filter(self, record):
-        noisy = any(f"{os.sep}{lib}{os.sep}" in record.pathname for lib in ("orbax", "grain"))
-        return record.levelno >= logging.logging.WARNING or not noisy
-
-
 def main(argv):
     del argv
     import jax
 
-    logging.get_absl_handler().addFilter(_LibraryInfoFilter())
-
     cfg = _CONFIG.value
-    if cfg.train.compile_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.train.compile_cache_dir))
     if _DISTRIBUTED.value or _COORDINATOR.value:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only clusters
         jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                    num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
 
     from mm1_jax.config import ConfigError
-    from mm1_jax.train.loop import TrainingError, train
+    from mm1_jax.train.loop import TrainingError, quiet_library_logs, train
+
+    quiet_library_logs()
 
     workdir = _WORKDIR.value or os.path.join("workdir", cfg.name)
     logging.info("config %s, workdir %s", cfg.name, workdir)

@@ -44,6 +44,19 @@ from mm1_jax.writer import MetricsWriter
 HOST_COUNTERS = {"truncated": "data/truncated_items", "dropped": "data/dropped_items"}
 
 
+class _LibraryInfoFilter(logging.logging.Filter):
+    """Drops INFO lines of Orbax and Grain (dozens per checkpoint); warnings still show."""
+
+    def filter(self, record):
+        noisy = any(f"{os.sep}{lib}{os.sep}" in record.pathname for lib in ("orbax", "grain"))
+        return record.levelno >= logging.logging.WARNING or not noisy
+
+
+def quiet_library_logs() -> None:
+    """For the command-line entry points (train, demo): keep the console to the run's own lines."""
+    logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+
+
 class TrainingError(RuntimeError):
     """The run cannot continue (diverged, or the data disagrees with the model); says at which step."""
 
@@ -154,6 +167,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
     special: the special token ids of batches made without a tokenizer (synthetic ones; with
     `data.tokenizer` set they come from it). devices: the mesh's devices (default all).
     """
+    if cfg.train.compile_cache_dir:  # a restart (pre-emption, resume) reuses the compiled step
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.train.compile_cache_dir))
     run = start(cfg, devices=devices, special=special, corpus=iterator is None)
     cfg, mesh = run.cfg, run.mesh
     logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size,
