@@ -23,6 +23,7 @@ setup(
         "numpy",
         "pyarrow",  # parquet input for the converters (OBELICS-style, text corpora)
         "msgpack",  # the record serialisation inside ArrayRecord shards (mm1_jax/data/records.py)
+        "safetensors",  # checkpoints in and out of the weight converter (mm1_jax/convert/)
         "scikit-learn",  # ships the digits images the embedded demo corpus is built from
         "tensorboardX",  # writes the TensorBoard event files of metrics (mm1_jax/writer.py)
         "tqdm",
@@ -31,7 +32,7 @@ setup(
     extras_require={
         # open-clip-torch (tests/convert's OpenCLIP layout) is installed --no-deps by
         # launch/setup_env.sh: its torchvision dependency has only CUDA wheels for torch 2.13.
-        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers", "safetensors", "ftfy",
+        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers", "ftfy",
                  "tensorboard",  # reads the event files back in tests
                  # executing notebooks/quickstart.ipynb headless
                  "nbclient", "nbformat", "ipykernel", "matplotlib"],

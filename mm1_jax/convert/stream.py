@@ -8,9 +8,8 @@ with `jax.make_array_from_callback`, and a shard reads, one at a time, only the 
 source tensors that land in it. A 30B decoder is therefore never whole in one host's memory;
 `Reader.peak_*` record what the streaming path held at once (tests/convert asserts on them).
 
-safetensors is read here directly (an 8-byte header length, a JSON header, raw little-endian
-bytes), memory-mapped, so neither torch nor the `safetensors` package is needed, and bfloat16
-checkpoints read through ml_dtypes.
+safetensors files are read and written with the `safetensors` package (numpy framework: no torch
+needed; bfloat16 checkpoints read through ml_dtypes).
 """
 
 from __future__ import annotations
@@ -20,20 +19,14 @@ import dataclasses
 import itertools
 import json
 import os
-import struct
 from typing import Any, Callable, Iterator, Mapping
 
 import jax
-import ml_dtypes
 import numpy as np
+import safetensors
+import safetensors.numpy
 
 Path = tuple
-
-_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-           "BOOL": np.bool_}
-_NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
-
 
 @dataclasses.dataclass(frozen=True)
 class Leaf:
@@ -116,7 +109,8 @@ class DictReader(Reader):
 
 class SafetensorsReader(Reader):
     """`path`: one .safetensors file, or a directory with `model.safetensors.index.json` (its
-    shards), else every `*.safetensors` in it. `metadata`: the files' `__metadata__`."""
+    shards), else every `*.safetensors` in it. `metadata`: the files' `__metadata__`. Read with
+    the `safetensors` package (memory-mapped; bfloat16 through ml_dtypes), one tensor at a time."""
 
     def __init__(self, path: str):
         super().__init__()
@@ -132,56 +126,31 @@ class SafetensorsReader(Reader):
                 files = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
         if not files:
             raise FileNotFoundError(f"no *.safetensors (or model.safetensors.index.json) in {directory}")
-        self._entries: dict[str, tuple[str, dict, int]] = {}
+        self._where: dict[str, Any] = {}  # tensor name -> the open file holding it
         self.metadata: dict[str, str] = {}
         for file in files:
-            file = os.path.join(directory, file)
-            with open(file, "rb") as f:
-                (n,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(n))
-            self.metadata.update(header.pop("__metadata__", None) or {})
-            for name, entry in header.items():
-                self._entries[name] = (file, entry, 8 + n)
+            handle = safetensors.safe_open(os.path.join(directory, file), framework="numpy")
+            self.metadata.update(handle.metadata() or {})
+            self._where.update(dict.fromkeys(handle.keys(), handle))
 
     def keys(self):
-        return list(self._entries)
+        return list(self._where)
 
     def __contains__(self, name):
-        return name in self._entries
+        return name in self._where
 
     def shape(self, name):
-        return tuple(self._entries[name][1]["shape"])
+        return tuple(self._where[name].get_slice(name).get_shape())
 
     def _get(self, name):
-        path, entry, base = self._entries[name]
-        if entry["dtype"] not in _DTYPES:
-            raise ValueError(f"{path}: tensor {name} has dtype {entry['dtype']}, which the "
-                             f"converter does not read (supported: {sorted(_DTYPES)})")
-        start, end = entry["data_offsets"]
-        shape = tuple(entry["shape"])
-        if end == start:
-            return np.zeros(shape, _DTYPES[entry["dtype"]])
-        return np.memmap(path, dtype=_DTYPES[entry["dtype"]], mode="r", offset=base + start,
-                         shape=shape)
+        return self._where[name].get_tensor(name)
 
 
 def save_safetensors(path: str, tensors: Mapping[str, np.ndarray],
                      metadata: Mapping[str, str] | None = None) -> None:
-    """Writes `tensors` (name -> C-contiguous array) as one safetensors file."""
-    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
-    offset = 0
-    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-    for name, a in arrays.items():
-        header[name] = {"dtype": _NAMES[a.dtype], "shape": list(a.shape),
-                        "data_offsets": [offset, offset + a.nbytes]}
-        offset += a.nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # the format pads the header to 8 bytes
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for a in arrays.values():
-            f.write(a.tobytes())
+    """Writes `tensors` (name -> array) as one safetensors file."""
+    safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, path,
+                                metadata=dict(metadata) if metadata else None)
 
 
 def _depth(sources) -> int:
