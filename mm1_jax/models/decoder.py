@@ -215,6 +215,11 @@ class Decoder(nnx.Module):
         return logits, cache
 
     def _forward(self, x, positions, mask, token_mask, train, kv, index):
+        x, stats, kv = self._blocks(x, positions, mask, token_mask, train, kv, index)
+        return self.head(self.final_norm(x)), stats, kv
+
+    def _blocks(self, x, positions, mask, token_mask, train, kv, index):
+        """The scanned periods: (hidden states before the final norm, MoE stats, cache)."""
         def period(p, h, kv):
             return p(h, positions, mask, token_mask, train, kv, index)
 
@@ -226,8 +231,19 @@ class Decoder(nnx.Module):
             h, stats, kv = period(p, h, kv)
             return h, stats, kv
 
-        x, stats, kv = run(self.periods, constrain(x, ("batch", "seq", None)), kv)
-        x = self.final_norm(x).astype(jnp.float32)
+        return run(self.periods, constrain(x, ("batch", "seq", None)), kv)
+
+    def hidden_states(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
+                      train: bool = False) -> jax.Array:
+        """The final normed hidden states [b, t, d] that `head` projects (HF's last
+        `hidden_states`), for comparisons with reference implementations."""
+        x, _, _ = self._blocks(x, positions, attention_mask(segment_ids), segment_ids != 0, train,
+                               None, None)
+        return self.final_norm(x)
+
+    def head(self, x: jax.Array) -> jax.Array:
+        """Hidden states [b, t, d] -> float32 logits [b, t, V] (padding rows masked)."""
+        x = x.astype(jnp.float32)
         if self.tie:
             logits = jnp.einsum("btd,vd->btv", x, self.embed[...].astype(jnp.float32))
         else:
@@ -235,4 +251,4 @@ class Decoder(nnx.Module):
         if self.real_vocab < logits.shape[-1]:  # rows padded for sharding are never predicted
             real = jnp.arange(logits.shape[-1]) < self.real_vocab
             logits = jnp.where(real, logits, jnp.finfo(logits.dtype).min)
-        return logits, stats, kv
+        return logits

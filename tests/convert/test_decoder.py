@@ -56,11 +56,21 @@ def hf_logits(model) -> np.ndarray:
         return model(torch.from_numpy(tokens())).logits.numpy()
 
 
-def our_logits(dec) -> np.ndarray:
+def _inputs(dec):
     t = tokens()
-    logits, _ = dec(dec.embed_tokens(jnp.asarray(t)), jnp.asarray(np.tile(np.arange(t.shape[1]), (2, 1))),
-                    jnp.ones(t.shape, jnp.int32), train=False)
+    return (dec.embed_tokens(jnp.asarray(t)), jnp.asarray(np.tile(np.arange(t.shape[1]), (2, 1))),
+            jnp.ones(t.shape, jnp.int32))
+
+
+def our_logits(dec, train: bool = False) -> np.ndarray:
+    logits, _ = dec(*_inputs(dec), train=train)
     return np.asarray(logits)
+
+
+def hf_hidden(model) -> np.ndarray:
+    """The last hidden states (after the final norm), which the LM head projects."""
+    with torch.no_grad():
+        return model(torch.from_numpy(tokens()), output_hidden_states=True).hidden_states[-1].numpy()
 
 
 def convert(tmp_path, model, *flags, shard=False):
@@ -95,6 +105,8 @@ def test_matches_pytorch(tmp_path, arch, overrides, shard):
     got, want = our_logits(dec), hf_logits(model)
     assert got.shape == want.shape
     assert np.abs(got - want).max() <= 1e-4
+    hidden = np.asarray(dec.hidden_states(*_inputs(dec)))
+    assert np.abs(hidden - hf_hidden(model)).max() <= 1e-4
 
 
 def test_mixtral_on_the_capacity_path_with_room_for_every_token(tmp_path):
@@ -102,9 +114,10 @@ def test_mixtral_on_the_capacity_path_with_room_for_every_token(tmp_path):
     model = hf_model("mixtral")
     _, out = convert(tmp_path, model)
     cfg = base()
-    cfg.model.moe.mode, cfg.model.moe.eval_capacity_factor = "capacity", 4.0
+    cfg.model.moe.mode, cfg.model.moe.capacity_factor = "capacity", 4.0  # 4 experts: no drops
     dec, _ = load_converted(out, "decoder", cfg)
-    assert np.abs(our_logits(dec) - hf_logits(model)).max() <= 1e-4
+    # train=True: the capacity path (inference always routes dropless)
+    assert np.abs(our_logits(dec, train=True) - hf_logits(model)).max() <= 1e-4
 
 
 def test_the_command_line(tmp_path):
