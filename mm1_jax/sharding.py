@@ -49,12 +49,27 @@ def logical_to_mesh(names, rules=LOGICAL_RULES, mesh_axes=None):
 def constrain(x, names):
     """with_sharding_constraint by logical names; a no-op outside a mesh context.
 
-    Meshes are built with AxisType.Auto (mm1_jax.train); models call this on activations at layer boundaries (e.g. the MoE dispatch tensor) so the
-    compiler keeps the intended layout; on one device (tests, inspect) nothing happens.
+    Meshes are built with AxisType.Auto (mm1_jax.train); models call this on activations at
+    module boundaries so the compiler keeps the intended layout. Without them, under FSDP the
+    compiler may follow a weight's sharding instead of the batch's and hold an activation at
+    the size of the global batch on every chip (tests/test_layout.py measures this); on one
+    device (tests, inspect) nothing happens.
     """
     import jax
+
+    import math
+
+    from jax.sharding import PartitionSpec
 
     mesh = jax.sharding.get_abstract_mesh()
     if mesh is None or mesh.empty:
         return x
-    return jax.lax.with_sharding_constraint(x, logical_to_mesh(names, mesh_axes=mesh.axis_names))
+    # A mesh axis that does not divide its dimension is dropped (replicated along it), as for
+    # parameters: one image or one prompt on an 8-way mesh still compiles.
+    out = []
+    for dim, axes in zip(x.shape, logical_to_mesh(names, mesh_axes=mesh.axis_names)):
+        axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        while axes and dim % math.prod(mesh.shape[a] for a in axes):
+            axes = axes[:-1]
+        out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(*out))

@@ -163,7 +163,8 @@ class Decoder(nnx.Module):
         self.n_sparse = len(moe_layer_ids(cfg))
 
     def embed_tokens(self, tokens: jax.Array) -> jax.Array:
-        return jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)
+        return constrain(x, ("batch", "seq", None))  # not the table's "embed"-over-fsdp layout
 
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
                  train: bool = True):
@@ -214,4 +215,4 @@ class Decoder(nnx.Module):
             logits = jnp.einsum("btd,vd->btv", x, self.embed[...].astype(self.dtype))
         else:
             logits = self.lm_head(x)
-        return logits, stats, kv
+        return constrain(logits, ("batch", "seq", "vocab")), stats, kv
