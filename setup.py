@@ -32,7 +32,9 @@ setup(
         "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers",
                  # executing notebooks/quickstart.ipynb headless
                  "nbclient", "nbformat", "ipykernel", "matplotlib"],
-        "tpu": ["libtpu"],
+        # libtpu of the installed jax's release (also compiles for TPU topologies without a TPU:
+        # python -m mm1_jax.aot); tested versions in constraints.txt.
+        "tpu": ["jax[tpu]"],
         "seqio": ["seqio"],
     },
 )
