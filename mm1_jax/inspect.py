@@ -29,7 +29,8 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from mm1_jax.config import moe_layer_ids, peak_lr
+from mm1_jax.config import moe_layer_ids, peak_lr, vision_grid
+from mm1_jax.models.vision import VisionBlock, num_blocks_used
 
 
 def _abstract_model(cfg):
@@ -63,9 +64,19 @@ def image_flops(cfg: ml_collections.ConfigDict) -> float:
         return connector(vision(images))
 
     images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-    cost = jax.jit(forward).lower(state, images).cost_analysis()
+    # XLA counts the body of the scanned block stack once, not once per block: add the others.
+    block = nnx.eval_shape(lambda: VisionBlock(cfg, rngs=nnx.Rngs(0)))
+    block_def, block_state = nnx.split(block)
+    patches = jax.ShapeDtypeStruct((1, vision_grid(cfg) ** 2 + 1, cfg.model.vision.width),
+                                   jnp.dtype(cfg.model.dtype))
+    one_block = _flops(lambda st, x: nnx.merge(block_def, st)(x), block_state, patches)
+    return 3.0 * (_flops(forward, state, images) + (num_blocks_used(cfg) - 1) * one_block)
+
+
+def _flops(fn, *args) -> float:
+    cost = jax.jit(fn).lower(*args).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return 3.0 * float(cost["flops"])
+    return float(cost["flops"])
 
 
 def model_stats(cfg: ml_collections.ConfigDict, *, with_flops: bool = True) -> dict:
