@@ -35,6 +35,11 @@ from mm1_jax.train.state import abstract_train_state
 
 GiB = 2**30
 
+# Compiling for a topology opens no TPU, so it need not hold libtpu's one-process-per-host lock
+# (/tmp/libtpu_lockfile): several compiles, and other JAX processes, may share the machine. Set
+# before JAX first loads libtpu.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
 
 @dataclasses.dataclass(frozen=True)
 class Tpu:
@@ -73,9 +78,6 @@ def topology_devices(name: str) -> list:
 
     if name not in TOPOLOGIES:
         raise ConfigError(f"--topology={name!r}: unknown; known: {', '.join(TOPOLOGIES)}")
-    # Compiling for a topology does not open a TPU; several compiles (and other JAX processes
-    # that loaded libtpu) may share the machine.
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     tpu = TOPOLOGIES[name]
     bounds = (1, 1, 1) if tpu.topology.endswith(":1x1") else (2, 2, 1)
     return list(topologies.get_topology_desc(
