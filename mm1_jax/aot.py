@@ -26,6 +26,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import app, flags
+from jax.experimental import topologies
+from ml_collections import config_flags
 
 from mm1_jax.config import MESH_AXES, ConfigError, validate
 from mm1_jax.train import mesh as mesh_lib
@@ -74,8 +77,6 @@ TOPOLOGIES: dict[str, Tpu] = {
 
 def topology_devices(name: str) -> list:
     """The compile-only devices of the Cloud TPU slice `name` (needs libtpu, not a TPU)."""
-    from jax.experimental import topologies
-
     if name not in TOPOLOGIES:
         raise ConfigError(f"--topology={name!r}: unknown; known: {', '.join(TOPOLOGIES)}")
     tpu = TOPOLOGIES[name]
@@ -100,14 +101,25 @@ def abstract_batch(cfg: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeSt
     }
 
 
+def topology_mesh(cfg: ml_collections.ConfigDict, devices: list) -> jax.sharding.Mesh:
+    """The training mesh of `cfg` over `devices`, ordered for the physical topology."""
+    shape = mesh_lib.resolve_mesh_shape(cfg.mesh.shape, len(devices))
+    auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+
+
+def compile_train_step(cfg: ml_collections.ConfigDict, devices: list):
+    """(compiled, seconds): the trainer's `loop.compile_step` of `cfg` for `devices`."""
+    mesh = topology_mesh(cfg, devices)
+    mesh_lib.check_batch(cfg, mesh)
+    abstract, shardings = abstract_train_state(cfg, mesh)
+    return compile_step(abstract, shardings, mesh, abstract_batch(cfg))
+
+
 def compile_for(cfg: ml_collections.ConfigDict, devices: list, hbm_bytes: int) -> dict[str, Any]:
     """Compiles the train step of `cfg` for `devices`; the report as a dict (see module doc)."""
     cfg = validate(cfg)
     shape = mesh_lib.resolve_mesh_shape(cfg.mesh.shape, len(devices))
-    auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
-    mesh = jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
-    mesh_lib.check_batch(cfg, mesh)
-    abstract, shardings = abstract_train_state(cfg, mesh)
     report = {"config": cfg.name, "chips": len(devices), "device_kind": devices[0].device_kind,
               "mesh": dict(zip(MESH_AXES, shape)), "remat": cfg.model.remat,
               "grad_accum": cfg.train.grad_accum, "batch": cfg.train.batch_size,
@@ -115,7 +127,7 @@ def compile_for(cfg: ml_collections.ConfigDict, devices: list, hbm_bytes: int) -
               "hbm_bytes_per_chip": hbm_bytes,
               "model_flops_per_chip": model_flops_per_step(cfg) / len(devices)}
     try:
-        compiled, seconds = compile_step(abstract, shardings, mesh, abstract_batch(cfg))
+        compiled, seconds = compile_train_step(cfg, devices)
     except jax.errors.JaxRuntimeError as e:  # XLA refuses programs that exceed HBM
         if not str(e).startswith("RESOURCE_EXHAUSTED"):
             raise
@@ -146,7 +158,7 @@ def knobs(report: dict[str, Any]) -> str:
 
 
 def format_report(r: dict[str, Any], topology: str) -> str:
-    gb = lambda n: f"{n / 1e9:8.2f} GB"  # noqa: E731
+    gb = lambda n: f"{n / 1e9:8.2f} GB" if n >= 1e8 else f"{n / 1e6:8.2f} MB"  # noqa: E731
     mesh = " x ".join(f"{a}={n}" for a, n in r["mesh"].items() if n > 1) or "1 device"
     lines = [f"{r['config']} on {topology} ({r['chips']} x {r['device_kind']}), mesh {mesh}, "
              f"remat {r['remat']}, grad_accum {r['grad_accum']}, batch {r['batch']} x "
@@ -161,14 +173,12 @@ def format_report(r: dict[str, Any], topology: str) -> str:
                   f"            total     {gb(r['bytes_per_chip'])} of {gb(r['hbm_bytes_per_chip'])}"
                   f" HBM ({'fits' if r['fits'] else 'does NOT fit'})",
                   f"  compile   {r['compile_s']:.1f} s"]
-    lines.append(f"  model FLOPs per chip per step: {r['model_flops_per_chip'] / 1e12:.1f} TFLOP")
+    lines.append(f"  model FLOPs per chip per step: {r['model_flops_per_chip'] / 1e12:.4g} TFLOP")
     return "\n".join(lines)
 
 
 def main(argv):
     del argv
-    from absl import flags
-
     name, cfg = flags.FLAGS.topology, flags.FLAGS.config
     t = time.perf_counter()
     try:
@@ -184,9 +194,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-
+    # Flags are defined here, not at import, so programs with their own --config can import this.
     config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
     flags.DEFINE_string("topology", None, f"Cloud TPU slice: {', '.join(TOPOLOGIES)}.")
     flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")

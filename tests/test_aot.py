@@ -49,8 +49,7 @@ def _small(batch: int):
 
 @needs_libtpu
 def test_small_config_fits_v5p_8():
-    from mm1_jax.aot import compile_for, topology_devices
-    from mm1_jax.train.mesh import resolve_mesh_shape
+    from mm1_jax.aot import compile_for, topology_devices, topology_mesh
     from mm1_jax.train.state import abstract_train_state
 
     cfg = _small(batch=8)
@@ -62,9 +61,7 @@ def test_small_config_fits_v5p_8():
     # Arguments per chip: one shard of every state leaf + a quarter of the batch, counted here
     # from the shardings, independently of XLA. TPU layouts pad small arrays to their tiles, so
     # XLA's figure is at least that, and well under the state held whole (replicated: 4x).
-    mesh = jax.make_mesh(resolve_mesh_shape(cfg.mesh.shape, 4), ("data", "fsdp", "tensor", "expert"),
-                         devices=devices)
-    abstract, _ = abstract_train_state(cfg, mesh)
+    abstract, _ = abstract_train_state(cfg, topology_mesh(cfg, devices))
     leaves = jax.tree.leaves(abstract)
     shard = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in leaves)
     whole = sum(x.size * x.dtype.itemsize for x in leaves)

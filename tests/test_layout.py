@@ -15,8 +15,8 @@ import pytest
 pytest.importorskip("libtpu", reason="needs the tpu extra: pip install -e .[tpu] (libtpu "
                     "compiles for TPU topologies without a TPU)")
 
-from mm1_jax.aot import abstract_batch, topology_devices  # noqa: E402
-from mm1_jax.config import MESH_AXES, base_config  # noqa: E402
+from mm1_jax.aot import compile_train_step, topology_devices  # noqa: E402
+from mm1_jax.config import base_config  # noqa: E402
 
 PER_CHIP = 2  # sequences per chip, whatever the chip count
 
@@ -46,20 +46,9 @@ def small_config(chips: int):
 
 
 def _compile(topology: str):
-    import jax
-
-    from mm1_jax.train.loop import compile_step
-    from mm1_jax.train.mesh import resolve_mesh_shape
-    from mm1_jax.train.state import abstract_train_state
-
     devices = topology_devices(topology)
     cfg = small_config(len(devices))
-    auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
-    mesh = jax.make_mesh(resolve_mesh_shape(cfg.mesh.shape, len(devices)), MESH_AXES,
-                         axis_types=auto, devices=devices)
-    abstract, shardings = abstract_train_state(cfg, mesh)
-    compiled, _ = compile_step(abstract, shardings, mesh, abstract_batch(cfg))
-    return cfg, compiled
+    return cfg, compile_train_step(cfg, devices)[0]
 
 
 @pytest.fixture(scope="module")
