@@ -36,7 +36,9 @@ setup(
                  "tensorboard",  # reads the event files back in tests
                  # executing notebooks/quickstart.ipynb headless
                  "nbclient", "nbformat", "ipykernel", "matplotlib"],
-        "tpu": ["libtpu"],
+        # libtpu of the installed jax's release (also compiles for TPU topologies without a TPU:
+        # python -m mm1_jax.aot); tested versions in constraints.txt.
+        "tpu": ["jax[tpu]"],
         "seqio": ["seqio"],
     },
 )

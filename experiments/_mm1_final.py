@@ -21,4 +21,9 @@ def mm1_final(name, *, width, depth, heads, kv_heads, mlp_dim, experts=0, every=
         c.mesh.shape = (1, -1, 1, 8)  # experts over an 8-way expert axis, the rest FSDP
     else:
         c.mesh.shape = (1, -1, 1, 1)  # pure FSDP (ZeRO-3)
+    # Every block recomputed in the backward pass, no micro-batching: at 2-4 sequences per chip
+    # that fits a v5p chip (`python -m mm1_jax.aot`; README "Pod fit"). On fewer chips raise
+    # train.grad_accum first.
+    c.model.remat = "full"
+    c.train.grad_accum = 1
     return c

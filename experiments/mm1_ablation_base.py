@@ -6,4 +6,7 @@ from mm1_jax.config import base_config
 def get_config():
     c = base_config()
     c.name = "mm1_ablation_base"
+    # Fits v5p-128 (64 chips, 8 sequences each) at 512 x 4096 with 16 image slots: README,
+    # "Pod fit" (python -m mm1_jax.aot --config=experiments/mm1_ablation_base.py --topology=v5p-128).
+    c.mesh.shape = (1, -1, 1, 1)  # FSDP (ZeRO-3) over every chip
     return c

@@ -96,8 +96,9 @@ def make_mesh(mesh_shape: Sequence[int], devices: Sequence[Any] | None = None) -
     devices = list(jax.devices() if devices is None else devices)
     shape = resolve_mesh_shape(mesh_shape, len(devices))
     auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
-    if len(devices) == jax.device_count():
-        # jax.make_mesh orders devices for the physical topology (ICI rings on TPU).
+    if len(devices) == jax.device_count() or devices[0].platform == "tpu":
+        # jax.make_mesh orders devices for the physical topology (ICI rings on TPU; also the
+        # compile-only devices of a TPU topology, mm1_jax.aot).
         return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
 

@@ -25,6 +25,11 @@ import numpy as np
 from flax import nnx
 
 from mm1_jax.models import layers
+from mm1_jax.sharding import constrain
+
+# Activations are [n, ...] with n = images, split over the batch's mesh axes (see vision.py).
+_TOKENS = ("batch", None, None)  # [n, p or t, c]
+_GRID = ("batch", None, None, None)  # [n, h, w, c]
 
 # Honeybee's PreTrainedModel init: N(0, 0.02) for conv/linear weights and the position embedding.
 _INIT = nnx.initializers.normal(0.02)
@@ -160,7 +165,7 @@ class RegStage(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         for block in self.blocks:
-            x = block(x)
+            x = constrain(block(x), _GRID)
         return x
 
 
@@ -218,18 +223,19 @@ class CAbstractor(nnx.Module):
         return layers.resize_grid(self.pos_emb[...], grid)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = _grid(x.astype(self.dtype))
+        y = _grid(constrain(x.astype(self.dtype), _TOKENS))
         y = y + self.position_embedding(y.shape[1]).astype(self.dtype).reshape(y.shape[1:])
+        y = constrain(y, _GRID)
         if self.stage1 is not None:
             y = self.stage1(y)
-        y = adaptive_avg_pool2d(y, (self.side, self.side))
+        y = constrain(adaptive_avg_pool2d(y, (self.side, self.side)), _GRID)
         if self.stage2 is not None:
             y = self.stage2(y)
         y = y.reshape(y.shape[0], -1, y.shape[-1])
         y = self.readout[0](y)
         for lin in self.readout[1:]:
             y = lin(jax.nn.silu(y))
-        return y
+        return constrain(y, _TOKENS)
 
 
 class AvgPoolConnector(nnx.Module):
@@ -243,8 +249,8 @@ class AvgPoolConnector(nnx.Module):
                                   param_dtype=param_dtype, rngs=rngs, init=_INIT)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = adaptive_avg_pool2d(_grid(x), (self.side, self.side))
-        return self.proj(y.reshape(y.shape[0], -1, y.shape[-1]))
+        y = adaptive_avg_pool2d(_grid(constrain(x, _TOKENS)), (self.side, self.side))
+        return constrain(self.proj(y.reshape(y.shape[0], -1, y.shape[-1])), _TOKENS)
 
 
 class AttnPoolConnector(nnx.Module):
@@ -290,7 +296,7 @@ class AttnPoolConnector(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:  # [n, p, v] -> [n, t, d]
         dt = self.dtype
         cast = lambda p: p[...].astype(dt)  # noqa: E731
-        kv = self.ln_kv(self.kv_proj(x))
+        kv = constrain(self.ln_kv(self.kv_proj(constrain(x, _TOKENS))), _TOKENS)
         q = self.ln_q(self.queries[...]).astype(dt)
         heads = lambda b: cast(b).reshape(self.heads, -1)  # noqa: E731
         q = jnp.einsum("tc,cak->tak", q, cast(self.wq)) + heads(self.bq)
@@ -300,7 +306,7 @@ class AttnPoolConnector(nnx.Module):
         probs = jax.nn.softmax(logits / math.sqrt(q.shape[-1]), axis=-1).astype(dt)
         o = jnp.einsum("natp,npak->ntak", probs, v)
         o = jnp.einsum("ntak,akc->ntc", o, cast(self.wo)) + cast(self.bo)
-        return self.proj(self.ln_post(o))
+        return constrain(self.proj(self.ln_post(o)), _TOKENS)
 
 
 _KINDS = {"c_abstractor": CAbstractor, "avg_pool": AvgPoolConnector, "attn_pool": AttnPoolConnector}

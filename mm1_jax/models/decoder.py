@@ -179,7 +179,8 @@ class Decoder(nnx.Module):
                                          dtype=jnp.float32, param_dtype=pdt, rngs=rngs)
 
     def embed_tokens(self, tokens: jax.Array) -> jax.Array:
-        return jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)
+        return constrain(x, ("batch", "seq", None))  # not the table's "embed"-over-fsdp layout
 
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
                  train: bool = True):
@@ -251,4 +252,4 @@ class Decoder(nnx.Module):
         if self.real_vocab < logits.shape[-1]:  # rows padded for sharding are never predicted
             real = jnp.arange(logits.shape[-1]) < self.real_vocab
             logits = jnp.where(real, logits, jnp.finfo(logits.dtype).min)
-        return logits
+        return constrain(logits, ("batch", "seq", "vocab"))

@@ -19,6 +19,7 @@ from mm1_jax.models import layers
 from mm1_jax.models.connector import build_connector
 from mm1_jax.models.decoder import Decoder
 from mm1_jax.models.vision import VisionEncoder
+from mm1_jax.sharding import constrain
 
 
 class PlaceholderMismatchError(ValueError):
@@ -39,8 +40,11 @@ def merge_image_embeddings(text_embeds, tokens, image_embeds, image_token_id: in
     b, n, t, d = image_embeds.shape
     is_img = tokens == image_token_id
     slot = jnp.clip(jnp.cumsum(is_img, axis=-1) - 1, 0, n * t - 1)  # j-th placeholder -> token j
-    gathered = jnp.take_along_axis(image_embeds.reshape(b, n * t, d), slot[..., None], axis=1)
-    return jnp.where(is_img[..., None], gathered.astype(text_embeds.dtype), text_embeds)
+    flat = constrain(image_embeds.reshape(b, n * t, d), ("batch", None, None))
+    # A row gathers from its own images only, so the gather stays on the row's chip.
+    gathered = constrain(jnp.take_along_axis(flat, slot[..., None], axis=1), ("batch", "seq", None))
+    return constrain(jnp.where(is_img[..., None], gathered.astype(text_embeds.dtype), text_embeds),
+                     ("batch", "seq", None))
 
 
 def vision_encoder(m: ml_collections.ConfigDict, rngs: nnx.Rngs) -> VisionEncoder:
@@ -85,9 +89,11 @@ class MM1Model(nnx.Module):
     def encode_images(self, images: jax.Array) -> jax.Array:
         """images: uint8 [b, n_img, H, W, 3] -> image token embeddings [b, n_img, T, D]."""
         b, n = images.shape[:2]
-        patches = self.vision(images.reshape(b * n, *images.shape[2:]))
-        tokens = self.connector(patches)
-        return tokens.reshape(b, n, *tokens.shape[1:])
+        # Row-major [b, n] -> [b * n]: a chip's rows become a contiguous block of images, so the
+        # image batch splits over the same mesh axes as the rows.
+        flat = constrain(images.reshape(b * n, *images.shape[2:]), ("batch", None, None, None))
+        tokens = self.connector(self.vision(flat))
+        return constrain(tokens.reshape(b, n, *tokens.shape[1:]), ("batch", None, None, None))
 
     def embed_inputs(self, tokens: jax.Array, images: jax.Array | None) -> jax.Array:
         """Token embeddings [b, s, D] with each image's tokens in its placeholder run."""

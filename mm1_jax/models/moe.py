@@ -158,9 +158,11 @@ class MoEFeedForward(nnx.Module):
         slot_1h = jax.nn.one_hot(slot, cap, dtype=jnp.float32)  # out-of-range slots -> all 0
         keep_f = keep.astype(jnp.float32)
         # 0/1 entries, at most one 1 per (s, e): exact in bf16, so dispatch is built there.
-        dispatch = jnp.einsum("gske,gskc->gsec", keep_f.astype(self.dtype),
-                              slot_1h.astype(self.dtype))
-        combine = jnp.einsum("gske,gsk,gskc->gsec", keep_f, gates, slot_1h).astype(self.dtype)
+        # [g, s, e, c], the largest tensors of the layer: split over groups like the tokens.
+        dispatch = constrain(jnp.einsum("gske,gskc->gsec", keep_f.astype(self.dtype),
+                                        slot_1h.astype(self.dtype)), ("batch", None, None, None))
+        combine = constrain(jnp.einsum("gske,gsk,gskc->gsec", keep_f, gates, slot_1h),
+                            ("batch", None, None, None)).astype(self.dtype)
 
         spec_in = ("exp", "batch", None, "embed")
         xg = constrain(x.astype(self.dtype), ("batch", None, "embed"))

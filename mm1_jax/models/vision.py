@@ -16,6 +16,12 @@ import ml_collections
 from flax import nnx
 
 from mm1_jax.models import layers
+from mm1_jax.sharding import constrain
+
+# Every activation here is [b, ...] with b = images; it stays split over the batch's mesh axes.
+# Without these constraints FSDP lets the compiler follow the "embed"-sharded weights and hold
+# all of the global batch's images on every chip.
+_BATCH = ("batch", None, None)
 
 
 def normalize_images(images: jax.Array, mean, std) -> jax.Array:
@@ -58,10 +64,11 @@ class VisionBlock(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:  # x: [b, p, d]
         b, p, d = x.shape
         split = lambda t: t.reshape(b, p, self.heads, d // self.heads)  # noqa: E731
+        x = constrain(x, _BATCH)
         y = self.ln_1(x)
         attn = jax.nn.dot_product_attention(split(self.q(y)), split(self.k(y)), split(self.v(y)))
-        x = x + self.o(attn.reshape(b, p, d))
-        return x + self.fc2(self.act(self.fc1(self.ln_2(x))))
+        x = constrain(x + self.o(attn.reshape(b, p, d)), _BATCH)
+        return constrain(x + self.fc2(self.act(self.fc1(self.ln_2(x)))), _BATCH)
 
 
 class VisionEncoder(nnx.Module):
@@ -108,10 +115,10 @@ class VisionEncoder(nnx.Module):
             raise ValueError(f"images must be square multiples of patch {self.patch}, got {hgt}x{wid}")
         g, p = hgt // self.patch, self.patch
         patches = images.reshape(b, g, p, g, p, 3).transpose(0, 1, 3, 2, 4, 5).reshape(b, g * g, p * p * 3)
-        x = self.patch_embed(patches)
+        x = self.patch_embed(constrain(patches, _BATCH))
         cls = jnp.broadcast_to(self.cls[...].astype(x.dtype), (b, 1, x.shape[-1]))
         x = jnp.concatenate([cls, x], axis=1) + self.position_embedding(g).astype(x.dtype)
-        x = self.ln_pre(x)
+        x = constrain(self.ln_pre(x), _BATCH)
 
         def block(blk, h):
             return blk(h)
@@ -124,4 +131,4 @@ class VisionEncoder(nnx.Module):
             return block(blk, h)
 
         x = run(self.blocks, x)
-        return x[:, 1:]  # drop CLS: the connector consumes the patch grid (MM1 / Honeybee)
+        return constrain(x[:, 1:], _BATCH)  # drop CLS: the connector consumes the patch grid (MM1 / Honeybee)

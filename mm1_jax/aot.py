@@ -1,0 +1,208 @@
+"""Ahead-of-time compile of the trainer's own step for a Cloud TPU topology, from any machine.
+
+    python -m mm1_jax.aot --config=experiments/mm1_3b_moe.py --topology=v5p-256 [--json] \
+        [--config.key=value ...]
+
+Needs the `tpu` extra (libtpu installs and compiles without TPU hardware; no chip is touched).
+Builds the abstract train state and a global batch with the shardings the trainer uses, compiles
+`loop.compile_step` (the very function `python -m mm1_jax.train` runs) for the topology's chips,
+and prints per-chip memory against the chip's HBM, our analytical model FLOPs per chip
+(`mm1_jax/models/stats.py`, computed at start-up) and the compile time. Exit status 1 when it does not fit, with the
+config keys that would help; `--json` prints one object instead of the table.
+
+Compiler FLOPs (`cost_analysis()`) are not reported: XLA counts the body of a scanned layer stack
+once, not once per layer, so they undercount by about the depth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import app, flags
+from jax.experimental import topologies
+from ml_collections import config_flags
+
+from mm1_jax import sharding
+from mm1_jax.config import MESH_AXES, ConfigError
+from mm1_jax.startup import Run, start
+from mm1_jax.train.loop import compile_step
+from mm1_jax.train.metrics import model_flops_per_step
+from mm1_jax.train.state import abstract_train_state
+from mm1_jax.train.synthetic import SPECIAL
+
+GiB = 2**30
+
+# Compiling for a topology opens no TPU, so it need not hold libtpu's one-process-per-host lock
+# (/tmp/libtpu_lockfile): several compiles, and other JAX processes, may share the machine. Set
+# before JAX first loads libtpu.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Tpu:
+    """One Cloud TPU slice: its topology as libtpu names it and one chip's HBM."""
+
+    topology: str  # "<generation>:<chips per dimension>", e.g. "v5:4x4x8"
+    chip_config: str  # "megacore": one JAX device per chip (v4, v5p); "default" (v5e, v6e)
+    hbm_bytes: int  # per chip; as XLA's out-of-memory message reports it where we have seen it
+
+
+def _slices(prefix: str, gen: str, shapes: dict[int, str], cores_per_chip: int, config: str,
+            hbm: int) -> dict[str, Tpu]:
+    return {f"{prefix}-{chips * cores_per_chip}": Tpu(f"{gen}:{shape}", config, hbm)
+            for chips, shape in shapes.items()}
+
+
+_CUBES = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
+          256: "4x8x8", 512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16"}
+_SQUARES = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16",
+            256: "16x16"}
+
+# The one table: Cloud TPU names -> topologies. v4-N and v5p-N count TensorCores (2 per chip,
+# so v5p-256 is 128 chips); v5e-N and v6e-N count chips.
+TOPOLOGIES: dict[str, Tpu] = {
+    **_slices("v4", "v4", _CUBES, 2, "megacore", 32 * GiB),
+    # 95.74 GiB: the HBM libtpu reports for a v5p chip (data sheet: 95 GB).
+    **_slices("v5p", "v5", _CUBES, 2, "megacore", int(95.74 * GiB)),
+    **_slices("v5e", "v5e", _SQUARES, 1, "default", 16 * GiB),
+    **_slices("v6e", "v6e", _SQUARES, 1, "default", 32 * GiB),
+}
+
+
+def topology_devices(name: str) -> list:
+    """The compile-only devices of the Cloud TPU slice `name` (needs libtpu, not a TPU)."""
+    if name not in TOPOLOGIES:
+        raise ConfigError(f"--topology={name!r}: unknown; known: {', '.join(TOPOLOGIES)}")
+    tpu = TOPOLOGIES[name]
+    bounds = (1, 1, 1) if tpu.topology.endswith(":1x1") else (2, 2, 1)
+    return list(topologies.get_topology_desc(
+        platform="tpu", topology_name=tpu.topology, chip_config_name=tpu.chip_config,
+        chips_per_host_bounds=bounds, num_slices=1).devices)
+
+
+def abstract_batch(cfg: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
+    """The trainer's global batch as shapes (keys and dtypes of docs/data.md), as the loop hands
+    it to the step (the pipeline's host-side counters stay on the host)."""
+    b, s = cfg.train.batch_size, cfg.train.seq_len
+    m, hw = cfg.data.max_images, cfg.model.vision.image_size
+    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)  # noqa: E731
+    return {
+        "tokens": i32(b, s), "targets": i32(b, s), "segment_ids": i32(b, s),
+        "positions": i32(b, s), "kinds": i32(b, s),
+        "loss_mask": jax.ShapeDtypeStruct((b, s), jnp.float32),
+        "images": jax.ShapeDtypeStruct((b, m, hw, hw, 3), jnp.uint8),
+        "image_mask": jax.ShapeDtypeStruct((b, m), jnp.bool_),
+    }
+
+
+def topology_run(cfg: ml_collections.ConfigDict, devices: list) -> Run:
+    """The trainer's start-up for `devices` (the mesh ordered for the physical topology). No
+    corpus, tokenizer or evaluation file is read, so the check runs anywhere: the compiled step
+    depends on none of them (a copy of the config goes without their paths)."""
+    cfg = cfg.copy_and_resolve_references()
+    cfg.data.tokenizer, cfg.evals = None, {}
+    return start(cfg, devices=devices, special=SPECIAL, corpus=False)
+
+
+def compile_train_step(cfg: ml_collections.ConfigDict, devices: list):
+    """(compiled, seconds, run): the trainer's `loop.compile_step` of `cfg` for `devices`."""
+    run = topology_run(cfg, devices)
+    abstract, shardings = abstract_train_state(run)
+    compiled, seconds = compile_step(abstract, shardings, run.mesh, abstract_batch(run.cfg))
+    return compiled, seconds, run
+
+
+def compile_for(cfg: ml_collections.ConfigDict, devices: list, hbm_bytes: int) -> dict[str, Any]:
+    """Compiles the train step of `cfg` for `devices`; the report as a dict (see module doc)."""
+    run = topology_run(cfg, devices)
+    cfg = run.cfg
+    report = {"config": cfg.name, "chips": len(devices), "device_kind": devices[0].device_kind,
+              "mesh": dict(run.mesh.shape), "remat": cfg.model.remat,
+              "grad_accum": cfg.train.grad_accum, "batch": cfg.train.batch_size,
+              "seq_len": cfg.train.seq_len, "max_images": cfg.data.max_images,
+              "hbm_bytes_per_chip": hbm_bytes,
+              "model_flops_per_chip": model_flops_per_step(cfg, run.model.stats) / len(devices)}
+    abstract, shardings = abstract_train_state(run)
+    t = time.perf_counter()
+    try:
+        compiled, seconds = compile_step(abstract, shardings, run.mesh, abstract_batch(cfg))
+    except jax.errors.JaxRuntimeError as e:  # XLA refuses programs that exceed HBM
+        if not str(e).startswith("RESOURCE_EXHAUSTED"):
+            raise
+        return {**report, "fits": False, "error": str(e).splitlines()[0],
+                "compile_s": time.perf_counter() - t, "bytes_per_chip": None}
+    mem = compiled.memory_analysis()
+    parts = {"argument_bytes": mem.argument_size_in_bytes, "output_bytes": mem.output_size_in_bytes,
+             "temp_bytes": mem.temp_size_in_bytes, "alias_bytes": mem.alias_size_in_bytes,
+             "code_bytes": mem.generated_code_size_in_bytes}
+    # Donated state: outputs alias the arguments' buffers and are not counted twice.
+    total = (parts["argument_bytes"] + parts["output_bytes"] - parts["alias_bytes"]
+             + parts["temp_bytes"] + parts["code_bytes"])
+    return {**report, **parts, "bytes_per_chip": total, "fits": total <= hbm_bytes,
+            "compile_s": seconds}
+
+
+def knobs(report: dict[str, Any]) -> str:
+    """What to change when the program does not fit."""
+    mesh, accum = report["mesh"], report["grad_accum"]
+    tips = [f"shard the state further: --config.mesh.shape (now {tuple(mesh.values())} over "
+            f"{MESH_AXES}; FSDP = the fsdp axis, MoE experts over the expert axis)",
+            f"split the batch into micro-batches: --config.train.grad_accum={2 * accum} "
+            f"(now {accum}; batch_size must divide by data parallelism x grad_accum)"]
+    if report["remat"] != "full":
+        tips.append(f"recompute activations: --config.model.remat=full (now {report['remat']})")
+    tips.append("or a topology with more chips (--topology)")
+    return "\n".join(f"  - {t}" for t in tips)
+
+
+def format_report(r: dict[str, Any], topology: str) -> str:
+    gb = lambda n: f"{n / 1e9:8.2f} GB" if n >= 1e8 else f"{n / 1e6:8.2f} MB"  # noqa: E731
+    mesh = " x ".join(f"{a}={n}" for a, n in r["mesh"].items() if n > 1) or "1 device"
+    lines = [f"{r['config']} on {topology} ({r['chips']} x {r['device_kind']}), mesh {mesh}, "
+             f"remat {r['remat']}, grad_accum {r['grad_accum']}, batch {r['batch']} x "
+             f"{r['seq_len']} with {r['max_images']} image slots"]
+    if r["bytes_per_chip"] is None:
+        lines.append(f"  does not fit: {r['error']}")
+    else:
+        lines += [f"  per chip: arguments {gb(r['argument_bytes'])}",
+                  f"            outputs   {gb(r['output_bytes'])}",
+                  f"            aliased   {gb(r['alias_bytes'])}",
+                  f"            temps     {gb(r['temp_bytes'])}",
+                  f"            total     {gb(r['bytes_per_chip'])} of {gb(r['hbm_bytes_per_chip'])}"
+                  f" HBM ({'fits' if r['fits'] else 'does NOT fit'})",
+                  f"  compile   {r['compile_s']:.1f} s"]
+    lines.append(f"  model FLOPs per chip per step: {r['model_flops_per_chip'] / 1e12:.4g} TFLOP")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    name, cfg = flags.FLAGS.topology, flags.FLAGS.config
+    t = time.perf_counter()
+    try:
+        report = compile_for(cfg, topology_devices(name), TOPOLOGIES[name].hbm_bytes)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    report = {"topology": name, **report, "wall_s": time.perf_counter() - t}
+    print(json.dumps(report) if flags.FLAGS.json else format_report(report, name))
+    if not report["fits"]:
+        print(f"{cfg.name} does not fit {name}; what would help:\n{knobs(report)}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    # Flags are defined here, not at import, so programs with their own --config can import this.
+    config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+    flags.DEFINE_string("topology", None, f"Cloud TPU slice: {', '.join(TOPOLOGIES)}.")
+    flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
+    flags.mark_flags_as_required(["config", "topology"])
+    app.run(main)

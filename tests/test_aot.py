@@ -1,0 +1,95 @@
+"""python -m mm1_jax.aot: the topology table, and the trainer's step compiled for small TPU slices
+(libtpu compiles for a topology without a TPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from mm1_jax.aot import TOPOLOGIES, knobs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_libtpu = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("libtpu") is None,
+    reason="needs the tpu extra (pip install -e .[tpu]): libtpu compiles for TPU topologies")
+
+
+@pytest.mark.parametrize("name, topology, chips", [
+    ("v5p-8", "v5:2x2x1", 4), ("v5p-256", "v5:4x4x8", 128), ("v4-32", "v4:2x2x4", 16),
+    ("v5e-16", "v5e:4x4", 16), ("v6e-256", "v6e:16x16", 256)])
+def test_cloud_names_count_cores_or_chips(name, topology, chips):
+    """v4-N / v5p-N count TensorCores (2 per chip); v5e-N / v6e-N count chips."""
+    assert TOPOLOGIES[name].topology == topology
+    assert math.prod(int(n) for n in topology.split(":")[1].split("x")) == chips
+
+
+@needs_libtpu
+def test_topology_devices():
+    from mm1_jax.aot import topology_devices
+
+    assert len(topology_devices("v5p-256")) == 128
+    devices = topology_devices("v4-8")
+    assert len(devices) == 4 and devices[0].device_kind == "TPU v4"
+
+
+def _small(batch: int):
+    from mm1_jax.config import load_config
+
+    cfg = load_config(os.path.join(ROOT, "experiments", "demo_cpu.py"))
+    cfg.train.batch_size = batch
+    cfg.mesh.shape = (1, -1, 1, 1)
+    return cfg
+
+
+@needs_libtpu
+def test_small_config_fits_v5p_8():
+    from mm1_jax.aot import compile_for, topology_devices, topology_run
+    from mm1_jax.train.state import abstract_train_state
+
+    cfg = _small(batch=8)
+    devices = topology_devices("v5p-8")
+    r = compile_for(cfg, devices, TOPOLOGIES["v5p-8"].hbm_bytes)
+    assert r["fits"] and r["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1, "expert": 1}
+    assert r["bytes_per_chip"] == (r["argument_bytes"] + r["output_bytes"] - r["alias_bytes"]
+                                   + r["temp_bytes"] + r["code_bytes"])
+    # Arguments per chip: one shard of every state leaf + a quarter of the batch, counted here
+    # from the shardings, independently of XLA. TPU layouts pad small arrays to their tiles, so
+    # XLA's figure is at least that, and well under the state held whole (replicated: 4x).
+    abstract, _ = abstract_train_state(topology_run(cfg, devices))
+    leaves = jax.tree.leaves(abstract)
+    shard = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in leaves)
+    whole = sum(x.size * x.dtype.itemsize for x in leaves)
+    b, s, m, hw = 8, cfg.train.seq_len, cfg.data.max_images, cfg.model.vision.image_size
+    batch = (6 * 4 * s + m * hw * hw * 3 + m) * b // 4  # 6 [b, s] 32-bit arrays, ...
+    assert shard + batch <= r["argument_bytes"] < 0.5 * whole
+    # Donated: every state output reuses its argument's buffer.
+    assert r["alias_bytes"] >= shard
+
+
+@needs_libtpu
+def test_cli_json_and_exit_status_when_it_does_not_fit():
+    cmd = [sys.executable, "-m", "mm1_jax.aot", "--config=experiments/demo_cpu.py",
+           "--topology=v5e-1", "--json", "--config.train.batch_size=4096",
+           "--config.train.seq_len=4096", "--config.model.decoder.max_seq_len=4096"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": ROOT})
+    assert r.returncode == 1, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert out["fits"] is False and out["topology"] == "v5e-1" and out["chips"] == 1
+    assert out["hbm_bytes_per_chip"] == 16 * 2**30
+    for key in ("bytes_per_chip", "model_flops_per_chip", "mesh", "compile_s"):
+        assert key in out
+    assert "--config.train.grad_accum=2" in r.stderr and "--config.mesh.shape" in r.stderr
+
+
+def test_knobs_name_the_config_keys():
+    text = knobs({"mesh": {"data": 1, "fsdp": 64, "tensor": 1, "expert": 1}, "grad_accum": 2,
+                  "remat": "dots"})
+    assert "--config.train.grad_accum=4" in text and "--config.model.remat=full" in text
+    assert "(1, 64, 1, 1)" in text
