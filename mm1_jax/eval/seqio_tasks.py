@@ -8,7 +8,7 @@
 
 One Task per benchmark and shot count (`<prefix>_<name>_caption_<k>shot`,
 `<prefix>_<name>_vqa_<k>shot`), built from the same files, prompts and support split as the
-harness (mm1_jax.eval.harness). Features: `inputs`, the prompt as text with one `<image>` marker
+evaluators (mm1_jax.eval.evaluators). Features: `inputs`, the prompt as text with one `<image>` marker
 per image, tokenised by `MM1Vocabulary` (our tokenizer; it never produces the image ids itself);
 `images`, the image file paths in marker order; `targets`, the first reference caption or the most
 common human answer. `postprocess_fn` hands the metric all references, so `metric_fns` compute
