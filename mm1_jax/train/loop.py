@@ -198,7 +198,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
     step_fn = None
     pending = None  # (step, metrics on device, seconds waiting for data)
     last: dict[str, Any] = {}
-    window = {"t": time.perf_counter(), "steps": 0, "data_wait": 0.0, "images": 0}
+    window = {"t": time.perf_counter(), "steps": 0, "data_wait": 0.0}
     counters = dict.fromkeys(HOST_COUNTERS.values(), 0)
     # data/ counts are summed over the log window (a logged step alone would show the mixture's
     # period, not its shares: packed rows of each kind are interleaved deterministically).
@@ -222,7 +222,6 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
         _check(step, metrics, cfg.train.max_bad_steps)
         window["steps"] += 1
         window["data_wait"] += data_wait
-        window["images"] += int(metrics["data/images"])
         for key, value in metrics.items():
             if key.startswith("data/") and (key.endswith("_tokens") or key == "data/images"):
                 counts[key] = counts.get(key, 0.0) + float(value)
@@ -230,21 +229,21 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
             elapsed = time.perf_counter() - window["t"]
             dt = elapsed / window["steps"]
+            for name in KINDS:  # no tokens of a kind in this step: its loss is not a number
+                if f"data/{name}_tokens" in metrics and not metrics[f"data/{name}_tokens"]:
+                    del metrics[f"loss/{name}"]
             metrics.update(_host_sum(counters))
             metrics.update(counts)
             metrics.update({
                 "perf/step_time": dt,
                 "perf/tokens_per_s": tokens_per_step / dt,
-                "perf/images_per_s": window["images"] / elapsed,
+                "perf/images_per_s": counts["data/images"] / elapsed,
                 "perf/data_wait_fraction": window["data_wait"] / elapsed,
                 "perf/model_flops_per_s": flops / dt,
                 "perf/mfu": flops / dt / peak,
             })
-            for name in KINDS:  # no tokens of a kind: no loss
-                if f"data/{name}_tokens" in metrics and not metrics[f"data/{name}_tokens"]:
-                    del metrics[f"loss/{name}"]
             writer.write(step, metrics)
-            window.update(t=time.perf_counter(), steps=0, data_wait=0.0, images=0)
+            window.update(t=time.perf_counter(), steps=0, data_wait=0.0)
             counters.update(dict.fromkeys(counters, 0))
             counts.clear()
         return metrics
