@@ -22,7 +22,7 @@ import numpy as np
 
 
 class EvalDataError(ValueError):
-    """A benchmark file or image folder the harness cannot use; the message says which and why."""
+    """A benchmark file or image folder the evaluators cannot use; the message says which and why."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -129,7 +129,7 @@ def _source(make_examples) -> seqio.FunctionDataSource:
 
 
 def _references(output, example=None, is_target: bool = False):
-    """Targets become every reference, so the metric sees what the harness scores against."""
+    """Targets become every reference, so the metric sees what the evaluators score against."""
     if is_target and example is not None:
         return [r.decode("utf-8") if isinstance(r, bytes) else str(r) for r in example["references"]]
     return prompts.clean_answer(output)

@@ -1,10 +1,11 @@
 """The MM1 model: image encoder -> connector -> decoder, with images written into placeholders.
 
 A packed row holds text tokens and, for each image, `num_tokens` placeholder tokens (the
-tokenizer's `<image>` id, resolved at start-up and passed in as `image_token_id`). The k-th image of a row (`images[b, k]`, valid where
-`image_mask[b, k]`) fills the k-th run of placeholders. Everything keeps fixed shapes, so one
-compiled step serves every batch: all `N_img` slots are encoded, and placeholder j of a row
-gathers image-token j of that row's flattened [N_img * T, D] image embeddings.
+tokenizer's `<image>` id, resolved at start-up and passed in as `image_token_id`). The k-th image
+of a row (`images[b, k]`, valid where `image_mask[b, k]`) fills the k-th run of placeholders.
+Everything keeps fixed shapes, so one compiled step serves every batch: all `N_img` slots are
+encoded, and placeholder j of a row gathers image-token j of that row's flattened [N_img * T, D]
+image embeddings.
 """
 
 from __future__ import annotations
