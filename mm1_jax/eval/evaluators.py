@@ -68,6 +68,13 @@ class Evaluator:
                                          batch_size=self.e.batch_size, image_size=c.image_size)
         return [prompts.clean_answer(x) for x in texts]
 
+    def _per_shot(self, model, prompt) -> dict[int, list[str]]:
+        """{k: the continuation of every query's k-shot prompt}, `prompt(support, query, k,
+        seed)` building one prompt (fewshot.caption_prompt / vqa_prompt)."""
+        return {k: self._continuations(model, [prompt(self.support, q, k, self.e.seed)
+                                               for q in self.query])
+                for k in self.e.shots}
+
     def _split(self, examples):
         return fewshot.split_for_shots(examples, lambda x: x.image_id, tuple(self.e.shots),
                                        self.e.support_fraction, self.e.seed)
@@ -83,14 +90,10 @@ class Captioning(Evaluator):
             readers.load_coco_captions(e.annotations, e.images, e.limit))
 
     def __call__(self, model) -> dict[str, float]:
-        out = {}
-        for k in self.e.shots:
-            texts = self._continuations(model, [fewshot.caption_prompt(self.support, q, k, self.e.seed)
-                                                for q in self.query])
-            score, _ = metrics.cider({q.image_id: x for q, x in zip(self.query, texts)},
-                                     {q.image_id: q.references for q in self.query})
-            out[f"{self.name}/cider_{k}shot"] = score
-        return out
+        refs = {q.image_id: q.references for q in self.query}
+        return {f"{self.name}/cider_{k}shot":
+                metrics.cider({q.image_id: x for q, x in zip(self.query, texts)}, refs)[0]
+                for k, texts in self._per_shot(model, fewshot.caption_prompt).items()}
 
 
 class VQA(Evaluator):
@@ -103,14 +106,11 @@ class VQA(Evaluator):
             readers.load_vqa(e.questions, e.annotations, e.images, e.limit))
 
     def __call__(self, model) -> dict[str, float]:
-        out = {}
-        for k in self.e.shots:
-            texts = self._continuations(model, [fewshot.vqa_prompt(self.support, q, k, self.e.seed)
-                                                for q in self.query])
-            acc, _ = metrics.vqa_accuracy({q.question_id: x for q, x in zip(self.query, texts)},
-                                          {q.question_id: q.answers for q in self.query})
-            out[f"{self.name}/accuracy_{k}shot"] = acc
-        return out
+        answers = {q.question_id: q.answers for q in self.query}
+        return {f"{self.name}/accuracy_{k}shot":
+                metrics.vqa_accuracy({q.question_id: x for q, x in zip(self.query, texts)},
+                                     answers)[0]
+                for k, texts in self._per_shot(model, fewshot.vqa_prompt).items()}
 
 
 class Perplexity(Evaluator):
