@@ -14,8 +14,9 @@ Two execution paths, selected by `cfg.model.moe.mode`:
   the layer costs what its matmuls cost (benchmarks/moe_layer.py). A dropped assignment
   contributes 0; a token whose choices all drop outputs 0 and is carried by the residual.
 - "dropless": (token, choice) assignments are sorted by expert and the expert matmuls run as
-  `jax.lax.ragged_dot` over the per-expert counts; nothing is dropped. Expert weights are not
-  expert-parallel on this path (the compiler gathers them); it suits one host or few experts.
+  `jax.lax.ragged_dot` over the per-expert counts; nothing is dropped. On a mesh with an
+  `expert` axis the path is expert-parallel under `shard_map`: each device keeps its experts'
+  weights, and tokens travel to their experts and back by all-to-all (`_expert_parallel`).
   On CPU, XLA lowers ragged_dot to a masked dense dot costing E times the FLOPs
   (benchmarks/results/moe.md); GPU and TPU have grouped-matmul kernels.
 
@@ -42,15 +43,17 @@ c capacity slot, m model width (D), h expert hidden width (F).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
+from jax.sharding import PartitionSpec
 
 from mm1_jax.models import layers
-from mm1_jax.sharding import constrain
+from mm1_jax.sharding import constrain, spec_for
 
 
 def group_shape(num_tokens: int, group_size: int) -> tuple[int, int]:
@@ -190,18 +193,93 @@ class MoEFeedForward(nnx.Module):
         return y.reshape(g * s, d)[:t], keep.sum().astype(jnp.float32)
 
     def _dropless(self, x, mask, top_i, gates):
-        """Sort assignments by expert, ragged_dot the three matmuls, unsort. y: [t, m]."""
-        t, d = x.shape
-        e, k = self.num_experts, self.top_k
-        # Padding gets the id E and sorts after every real assignment, beyond the group sizes.
-        expert_of = jnp.where(mask[:, None], top_i, e).reshape(t * k)
-        order = jnp.argsort(expert_of, stable=True)
-        sizes = jnp.sum(jax.nn.one_hot(expert_of, e, dtype=jnp.int32), axis=0)  # one_hot(E) is all 0
-        xs = x.astype(self.dtype)[order // k]  # [t*k, m], row r is token order[r] // k
-        w0, w1, wo = (w[...].astype(self.dtype) for w in (self.wi_0, self.wi_1, self.wo))
-        h = jax.nn.silu(jax.lax.ragged_dot(xs, w0, sizes)) * jax.lax.ragged_dot(xs, w1, sizes)
-        ys = jax.lax.ragged_dot(h, wo, sizes)
-        inverse = jnp.zeros_like(order).at[order].set(jnp.arange(t * k, dtype=order.dtype))
-        # Rows past the group sizes are unspecified on some backends: select, don't multiply.
-        yk = jnp.where(mask[:, None, None], ys[inverse].reshape(t, k, d), 0)
-        return jnp.einsum("tkm,tk->tm", yk, gates.astype(self.dtype))
+        """Every assignment runs; expert-parallel over the mesh `expert` axis when there is one.
+        y: [t, m]."""
+        mesh = jax.sharding.get_abstract_mesh()
+        n_ep = 1 if mesh is None or mesh.empty else dict(mesh.shape).get("expert", 1)
+        w = tuple(p[...].astype(self.dtype) for p in (self.wi_0, self.wi_1, self.wo))
+        x = x.astype(self.dtype)
+        if n_ep == 1 or self.num_experts % n_ep:
+            return _grouped_experts(x, mask, top_i, gates, w, self.num_experts)
+        tokens = spec_for(x.shape, ("batch", None), mesh)
+        per_token = spec_for(top_i.shape, ("batch", None), mesh)
+        experts = PartitionSpec("expert", None, None)
+        body = functools.partial(_expert_parallel, num_experts=self.num_experts, n_ep=n_ep)
+        return jax.shard_map(body, mesh=mesh, in_specs=(tokens, PartitionSpec(per_token[0]), per_token,
+                                                        per_token, (experts,) * 3),
+                             out_specs=tokens, check_vma=False)(x, mask, top_i, gates, w)
+
+
+def _sort_by_expert(mask, top_i, num_experts):
+    """(order, sizes): assignments (token, choice) flattened token-major, sorted by expert
+    (padding, given the id E, sorts last), and each expert's count."""
+    expert_of = jnp.where(mask[:, None], top_i, num_experts).reshape(-1)
+    order = jnp.argsort(expert_of, stable=True)
+    sizes = jnp.zeros((num_experts + 1,), jnp.int32).at[expert_of].add(1)[:num_experts]
+    return order, sizes
+
+
+def _inverse(order):
+    return jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype))
+
+
+def _swiglu_ragged(xs, w, sizes):
+    """SwiGLU of rows sorted by expert: `jax.lax.ragged_dot` over the group sizes (grouped
+    matmul kernels on GPU and TPU; on CPU a masked dense dot costing E times the FLOPs)."""
+    w0, w1, wo = w
+    h = jax.nn.silu(jax.lax.ragged_dot(xs, w0, sizes)) * jax.lax.ragged_dot(xs, w1, sizes)
+    return jax.lax.ragged_dot(h, wo, sizes)
+
+
+def _combine(ys, order, mask, gates, k):
+    """Rows sorted by expert -> [t, m]: unsort, then the gate-weighted sum over choices."""
+    t = mask.shape[0]
+    # Rows past the group sizes are unspecified on some backends: select, don't multiply.
+    yk = jnp.where(mask[:, None, None], ys[_inverse(order)].reshape(t, k, -1), 0)
+    return jnp.einsum("tkm,tk->tm", yk, gates.astype(ys.dtype))
+
+
+def _grouped_experts(x, mask, top_i, gates, w, num_experts):
+    """All experts on this device: sort assignments by expert, three ragged_dots, unsort."""
+    k = top_i.shape[1]
+    order, sizes = _sort_by_expert(mask, top_i, num_experts)
+    return _combine(_swiglu_ragged(x[order // k], w, sizes), order, mask, gates, k)
+
+
+def _expert_parallel(x, mask, top_i, gates, w, *, num_experts, n_ep):
+    """One device's part of the dropless layer under `shard_map` (experts split over the mesh
+    `expert` axis into n_ep shards of E / n_ep; tokens split over the batch axes).
+
+    Each device sorts its own assignments by expert and sends shard j the rows for j's experts
+    with one all-to-all over `expert`; a shard receives at most every peer's every assignment,
+    so the fixed-size buffers ([n_ep, n, m] for n local assignments) never drop. The receiver
+    regroups the rows by its local expert, runs them with ragged_dot, and a second all-to-all
+    returns them in the order they came. (`jax.lax.ragged_all_to_all` would send only the filled
+    rows; XLA:CPU does not implement it, and this path must run in CI.)
+    """
+    t, k = top_i.shape
+    n, local = t * k, num_experts // n_ep
+    order, sizes = _sort_by_expert(mask, top_i, num_experts)
+    xs = x[order // k]  # [n, m], sorted by expert
+    per_shard = sizes.reshape(n_ep, local)  # [destination, its local expert]
+    send_n = per_shard.sum(-1)
+    send_start = jnp.cumsum(send_n) - send_n
+    row = jnp.arange(n)
+    # Destination j's rows are xs[send_start[j]:][:send_n[j]], packed at the front of block j.
+    valid = row[None, :] < send_n[:, None]  # [n_ep, n]
+    src = jnp.minimum(send_start[:, None] + row[None, :], n - 1)
+    send = jnp.where(valid[..., None], xs[src], 0)  # [n_ep, n, m]
+    recv = jax.lax.all_to_all(send, "expert", 0, 0, tiled=True)  # block i: from source i
+    recv_sizes = jax.lax.all_to_all(per_shard, "expert", 0, 0, tiled=True)  # [source, expert]
+    # Local expert of every received row (source i's rows come sorted by expert); `local`
+    # marks the empty tail of each block, which sorts last and no group covers.
+    ends = jnp.cumsum(recv_sizes, axis=-1)  # [n_ep, local]
+    expert_of = jax.vmap(lambda e: jnp.searchsorted(e, row, side="right"))(ends)  # [n_ep, n]
+    regroup = jnp.argsort(expert_of.reshape(-1), stable=True)
+    ys = _swiglu_ragged(recv.reshape(n_ep * n, -1)[regroup], w, recv_sizes.sum(0))
+    back = jax.lax.all_to_all(ys[_inverse(regroup)].reshape(n_ep, n, -1), "expert", 0, 0,
+                              tiled=True)  # block j: what shard j computed for our rows
+    dest = jnp.searchsorted(jnp.cumsum(send_n), row, side="right")  # shard of sorted row r
+    dest = jnp.minimum(dest, n_ep - 1)  # padding rows sort last; their outputs are dropped
+    ys_sorted = back[dest, row - send_start[dest]]
+    return _combine(ys_sorted, order, mask, gates, k)
