@@ -25,12 +25,14 @@ from flax import nnx
 from mm1_jax.config import base_config, expert_mlp_dim
 from mm1_jax.models.moe import MoEFeedForward, capacity, group_shape
 
-# (experts, mode, group_size, tokens; None = --tokens). On CPU, XLA lowers ragged_dot to a
-# dense dot over an [E, rows, K] masked copy of the input: 64 experts at 8192 tokens need ~30 GB,
-# so that row also runs at 1024 tokens (with its own baseline at 1024 tokens).
+# (experts, mode, group_size, tokens; None = --tokens). The capacity path dispatches by indices
+# (gathers into [E, G, C, D]); its cost should track its matmuls at any expert count. On CPU,
+# XLA lowers ragged_dot (the dropless path) to a dense dot over an [E, rows, K] masked copy of
+# the input: 64 experts at 8192 tokens need ~30 GB, so that row runs at 1024 tokens (with its
+# own baseline at 1024 tokens).
 ROWS = ((8, "capacity", 4096, None), (8, "dropless", 4096, None),
         (64, "capacity", 4096, None), (64, "capacity", 1024, None),
-        (64, "dropless", 4096, None), (64, "dropless", 4096, 1024))
+        (64, "dropless", 4096, 1024))
 
 
 def cpu_model() -> str:
