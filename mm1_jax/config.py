@@ -22,6 +22,8 @@ CONNECTORS = ("c_abstractor", "avg_pool", "attn_pool")
 VISION_ACTS = ("quick_gelu", "gelu")
 MOE_MODES = ("capacity", "dropless")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attn_out")
+ATTENTIONS = ("auto", "xla", "splash", "cudnn")  # model.attention (mm1_jax/models/attention.py)
+CUDNN_DTYPES = ("bfloat16", "float16")  # the compute dtypes of cuDNN's flash attention
 DTYPES = ("float32", "bfloat16", "float16")
 MESH_AXES = ("data", "fsdp", "tensor", "expert")
 MIX_LEVELS = ("sequence", "item")
@@ -46,6 +48,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "bfloat16"  # compute dtype (SPEC: bf16 compute, float32 master weights)
     c.model.param_dtype = "float32"
     c.model.remat = "full"  # one of REMAT_POLICIES; applied to every scanned block
+    # One of ATTENTIONS: the decoder's attention kernel. "xla" materialises the [t, s] scores;
+    # "splash" (Pallas TPU kernel) and "cudnn" (cuDNN flash attention) do not. "auto": splash on
+    # TPU, cudnn on GPU in CUDNN_DTYPES, xla elsewhere, by the platform of the devices in use.
+    c.model.attention = "auto"
 
     v = c.model.vision = ml_collections.ConfigDict()
     v.image_size = 336  # MM1 ablations: ViT-L/14 at 336 (section 3.2)
@@ -274,6 +280,11 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _require(cfg.model[key] in DTYPES, f"model.{key}", f"{cfg.model[key]!r} is not one of {DTYPES}")
     _require(cfg.model.remat in REMAT_POLICIES, "model.remat",
              f"{cfg.model.remat!r} is not one of {REMAT_POLICIES}")
+    _require(cfg.model.attention in ATTENTIONS, "model.attention",
+             f"{cfg.model.attention!r} is not one of {ATTENTIONS}")
+    _require(cfg.model.attention != "cudnn" or cfg.model.dtype in CUDNN_DTYPES, "model.attention",
+             f"cuDNN's fused attention computes in {CUDNN_DTYPES}, not model.dtype="
+             f"{cfg.model.dtype!r}; change model.dtype or use 'xla'")
 
     _require(v.image_size % v.patch_size == 0, "model.vision.image_size",
              f"{v.image_size} is not a multiple of patch_size {v.patch_size}")

@@ -56,6 +56,7 @@ def test_small_config_fits_v5p_8():
     devices = topology_devices("v5p-8")
     r = compile_for(cfg, devices, TOPOLOGIES["v5p-8"].hbm_bytes)
     assert r["fits"] and r["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1, "expert": 1}
+    assert r["attention"] == "splash"  # demo_cpu's "auto" on TPU
     assert r["bytes_per_chip"] == (r["argument_bytes"] + r["output_bytes"] - r["alias_bytes"]
                                    + r["temp_bytes"] + r["code_bytes"])
     # Arguments per chip: one shard of every state leaf + a quarter of the batch, counted here
@@ -83,7 +84,7 @@ def test_cli_json_and_exit_status_when_it_does_not_fit():
     out = json.loads(r.stdout)
     assert out["fits"] is False and out["topology"] == "v5e-1" and out["chips"] == 1
     assert out["hbm_bytes_per_chip"] == 16 * 2**30
-    for key in ("bytes_per_chip", "model_flops_per_chip", "mesh", "compile_s"):
+    for key in ("bytes_per_chip", "model_flops_per_chip", "mesh", "compile_s", "attention"):
         assert key in out
     assert "--config.train.grad_accum=2" in r.stderr and "--config.mesh.shape" in r.stderr
 

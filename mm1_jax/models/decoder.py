@@ -6,7 +6,9 @@ stacked on a leading "layers" axis and run with `nnx.scan`; a dense decoder is a
 
 Packing: attention is causal *within* a segment (`segment_ids`, 0 = padding), and RoPE uses the
 per-token `positions`, which restart in every packed document, so two documents packed in one
-row see exactly what they would see alone.
+row see exactly what they would see alone. The attention kernel (XLA, splash, cuDNN) is
+`config.model.attention` (models/attention.py); generation's KV cache is one segment of valid
+slots, attended with XLA.
 
 Legend: b batch, t query positions, s key positions, d width, n query heads, g kv heads, k head dim.
 """
@@ -21,6 +23,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from mm1_jax.config import expert_mlp_dim, moe_layer_ids, moe_period
 from mm1_jax.models import layers
+from mm1_jax.models.attention import attention_mask, packed_attention
 from mm1_jax.models.moe import MoEFeedForward
 from mm1_jax.sharding import constrain
 
@@ -35,21 +38,13 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
-def attention_mask(segment_ids: jax.Array) -> jax.Array:
-    """[b, 1, t, s] bool: causal, same segment, and never to or from padding (segment 0)."""
-    t = segment_ids.shape[-1]
-    causal = jnp.tril(jnp.ones((t, t), bool))
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
-    real = (segment_ids != 0)[:, :, None]
-    # A padding row attends to itself only, so its softmax stays finite (its output is unused).
-    diag = jnp.eye(t, dtype=bool)
-    return ((causal & same & real) | diag)[:, None]
-
-
 class Attention(nnx.Module):
-    def __init__(self, d: ml_collections.ConfigDict, *, dtype, param_dtype, rngs: nnx.Rngs):
+    """attention: `config.model.attention`, the kernel of the packed (cache-less) path."""
+
+    def __init__(self, d: ml_collections.ConfigDict, *, attention: str, dtype, param_dtype,
+                 rngs: nnx.Rngs):
         dt, pdt = dtype, param_dtype
-        self.dtype, self.theta = dt, d.rope_theta
+        self.dtype, self.theta, self.attention = dt, d.rope_theta, attention
         init = nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
         self.wq = layers.param(rngs, init, (d.width, d.heads, d.head_dim), ("embed", "heads", "head_dim"), pdt)
         self.wk = layers.param(rngs, init, (d.width, d.kv_heads, d.head_dim), ("embed", "kv_heads", "head_dim"), pdt)
@@ -64,8 +59,9 @@ class Attention(nnx.Module):
             self.bk = layers.param(rngs, zeros, (d.kv_heads, d.head_dim), ("kv_heads", "head_dim"), pdt)
             self.bv = layers.param(rngs, zeros, (d.kv_heads, d.head_dim), ("kv_heads", "head_dim"), pdt)
 
-    def __call__(self, x, positions, mask, kv=None, index=None):
-        """kv: optional cache (k, v) [b, T, g, k]; this call's keys land at slots index.. ."""
+    def __call__(self, x, positions, segment_ids, kv=None, index=None):
+        """x [b, t, d]; segment_ids [b, t], or with a cache (k, v) [b, T, g, k] those of its T
+        slots; this call's keys land at slots index.. ."""
         x = x.astype(self.dtype)
         w = lambda p: p[...].astype(self.dtype)  # noqa: E731
         q = jnp.einsum("btd,dnk->btnk", x, w(self.wq))
@@ -74,12 +70,17 @@ class Attention(nnx.Module):
         if self.attn_bias:
             q, k, v = q + w(self.bq), k + w(self.bk), v + w(self.bv)
         q, k = rope(q, positions, self.theta), rope(k, positions, self.theta)
-        if kv is not None:
+        if kv is None:
+            out = packed_attention(q, k, v, segment_ids, self.attention)
+        else:
             at = (0, index, 0, 0)
             k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), at)
             v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), at)
             kv = (k, v)
-        out = jax.nn.dot_product_attention(q, k.astype(self.dtype), v.astype(self.dtype), mask=mask)
+            q_segments = jax.lax.dynamic_slice_in_dim(segment_ids, index, q.shape[1], axis=1)
+            mask = attention_mask(q_segments, segment_ids, index)
+            out = jax.nn.dot_product_attention(q, k.astype(self.dtype), v.astype(self.dtype),
+                                               mask=mask)
         out = checkpoint_name(out, "attn_out")
         return jnp.einsum("btnk,nkd->btd", out, w(self.wo)), kv
 
@@ -99,10 +100,10 @@ class Block(nnx.Module):
     """Pre-norm decoder block; the FFN is a SwiGLU or, with `sparse`, a top-2 MoE."""
 
     def __init__(self, d: ml_collections.ConfigDict, moe: ml_collections.ConfigDict, *,
-                 sparse: bool, dtype, param_dtype, rngs: nnx.Rngs):
+                 sparse: bool, attention: str, dtype, param_dtype, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.attn_norm = layers.RMSNorm(d.width, eps=d.norm_eps, param_dtype=param_dtype, rngs=rngs)
-        self.attn = Attention(d, **kw)
+        self.attn = Attention(d, attention=attention, **kw)
         self.ffn_norm = layers.RMSNorm(d.width, eps=d.norm_eps, param_dtype=param_dtype, rngs=rngs)
         self.sparse = sparse
         if sparse:
@@ -110,8 +111,8 @@ class Block(nnx.Module):
         else:
             self.ffn = SwiGLU(d, **kw)
 
-    def __call__(self, x, positions, mask, token_mask, train: bool, kv=None, index=None):
-        y, kv = self.attn(self.attn_norm(x), positions, mask, kv, index)
+    def __call__(self, x, positions, segment_ids, token_mask, train: bool, kv=None, index=None):
+        y, kv = self.attn(self.attn_norm(x), positions, segment_ids, kv, index)
         x = x + y
         h = self.ffn_norm(x)
         if self.sparse:
@@ -126,18 +127,19 @@ class Period(nnx.Module):
     """`moe_period` consecutive blocks, sparse where `moe_layer_ids` says (the same in every
     period, so the periods stack and scan)."""
 
-    def __init__(self, d: ml_collections.ConfigDict, moe: ml_collections.ConfigDict, *, dtype,
-                 param_dtype, rngs: nnx.Rngs):
+    def __init__(self, d: ml_collections.ConfigDict, moe: ml_collections.ConfigDict, *,
+                 attention: str, dtype, param_dtype, rngs: nnx.Rngs):
         sparse = set(moe_layer_ids(d.depth, moe))
         self.blocks = nnx.List(
-            [Block(d, moe, sparse=i in sparse, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+            [Block(d, moe, sparse=i in sparse, attention=attention, dtype=dtype,
+                   param_dtype=param_dtype, rngs=rngs)
              for i in range(moe_period(moe))])
 
-    def __call__(self, x, positions, mask, token_mask, train: bool, kv=None, index=None):
+    def __call__(self, x, positions, segment_ids, token_mask, train: bool, kv=None, index=None):
         """kv: None or a cache (k, v), each [blocks, b, T, g, k]."""
         stats, new_kv = {}, []
         for i, blk in enumerate(self.blocks):
-            x, s, blk_kv = blk(x, positions, mask, token_mask, train,
+            x, s, blk_kv = blk(x, positions, segment_ids, token_mask, train,
                                None if kv is None else (kv[0][i], kv[1][i]), index)
             stats = s or stats
             new_kv.append(blk_kv)
@@ -151,7 +153,7 @@ class Decoder(nnx.Module):
     for placeholders between `embed_tokens` and the blocks.
 
     d: `cfg.model.decoder`; moe: `cfg.model.moe` (num_experts 0 = dense); remat: the policy
-    name applied to every scanned period.
+    name applied to every scanned period; attention: `cfg.model.attention`.
 
     The output projection runs in float32 (its inputs and weights cast up): the logits feed a
     float32 cross-entropy over the whole vocabulary, and producing them in bf16 first would round
@@ -159,7 +161,7 @@ class Decoder(nnx.Module):
     """
 
     def __init__(self, d: ml_collections.ConfigDict, moe: ml_collections.ConfigDict, *, dtype,
-                 param_dtype, remat: str, rngs: nnx.Rngs):
+                 param_dtype, remat: str, attention: str, rngs: nnx.Rngs):
         dt, pdt = dtype, param_dtype
         self.dtype, self.remat_policy = dt, remat
         self.tie = d.tie_embeddings
@@ -170,7 +172,7 @@ class Decoder(nnx.Module):
         @nnx.split_rngs(splits=d.depth // moe_period(moe))
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
         def make_periods(r):
-            return Period(d, moe, dtype=dt, param_dtype=pdt, rngs=r)
+            return Period(d, moe, attention=attention, dtype=dt, param_dtype=pdt, rngs=r)
 
         self.periods = make_periods(rngs)
         self.final_norm = layers.RMSNorm(d.width, eps=d.norm_eps, param_dtype=pdt, rngs=rngs)
@@ -185,8 +187,8 @@ class Decoder(nnx.Module):
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
                  train: bool = True):
         """x: [b, t, d] input embeddings -> (logits [b, t, V], per-period MoE stats)."""
-        logits, stats, _ = self._forward(x, positions, attention_mask(segment_ids), segment_ids != 0,
-                                         train, None, None)
+        logits, stats, _ = self._forward(x, positions, segment_ids, segment_ids != 0, train,
+                                         None, None)
         return logits, stats
 
     def init_cache(self, batch: int, length: int, dtype=None):
@@ -203,26 +205,23 @@ class Decoder(nnx.Module):
         """Runs x [b, t, d] at cache slots index..index+t-1 (prefill: t > 1; decode: t = 1).
 
         key_valid: [b, T] marks cache slots holding real tokens (this call's included): rows of
-        a batch are left-padded to one length, so padding slots never receive attention.
+        a batch are left-padded to one length, so padding slots never receive attention. The
+        valid slots are one segment (1) and the rest padding (0), masked as a packed row is.
         Returns (logits [b, t, V], updated cache).
         """
-        t, length = x.shape[1], key_valid.shape[1]
-        q_slot = index + jnp.arange(t)
-        k_slot = jnp.arange(length)
-        causal = k_slot[None, :] <= q_slot[:, None]
-        mask = (causal[None] & key_valid[:, None, :]) | (k_slot[None, :] == q_slot[:, None])[None]
-        token_mask = jax.lax.dynamic_slice_in_dim(key_valid, index, t, axis=1)
-        logits, _, cache = self._forward(x, positions, mask[:, None], token_mask, train, cache, index)
+        token_mask = jax.lax.dynamic_slice_in_dim(key_valid, index, x.shape[1], axis=1)
+        logits, _, cache = self._forward(x, positions, key_valid.astype(jnp.int32), token_mask,
+                                         train, cache, index)
         return logits, cache
 
-    def _forward(self, x, positions, mask, token_mask, train, kv, index):
-        x, stats, kv = self._blocks(x, positions, mask, token_mask, train, kv, index)
+    def _forward(self, x, positions, segment_ids, token_mask, train, kv, index):
+        x, stats, kv = self._blocks(x, positions, segment_ids, token_mask, train, kv, index)
         return self.head(self.final_norm(x)), stats, kv
 
-    def _blocks(self, x, positions, mask, token_mask, train, kv, index):
+    def _blocks(self, x, positions, segment_ids, token_mask, train, kv, index):
         """The scanned periods: (hidden states before the final norm, MoE stats, cache)."""
         def period(p, h, kv):
-            return p(h, positions, mask, token_mask, train, kv, index)
+            return p(h, positions, segment_ids, token_mask, train, kv, index)
 
         period = layers.remat(period, self.remat_policy)
 
@@ -238,8 +237,7 @@ class Decoder(nnx.Module):
                       train: bool = False) -> jax.Array:
         """The final normed hidden states [b, t, d] that `head` projects (HF's last
         `hidden_states`), for comparisons with reference implementations."""
-        x, _, _ = self._blocks(x, positions, attention_mask(segment_ids), segment_ids != 0, train,
-                               None, None)
+        x, _, _ = self._blocks(x, positions, segment_ids, segment_ids != 0, train, None, None)
         return self.final_norm(x)
 
     def head(self, x: jax.Array) -> jax.Array:

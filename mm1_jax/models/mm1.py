@@ -64,9 +64,10 @@ def connector(m: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
 
 
 def decoder(m: ml_collections.ConfigDict, rngs: nnx.Rngs) -> Decoder:
-    """The decoder of `m` (`cfg.model`) from `m.decoder` and `m.moe`."""
+    """The decoder of `m` (`cfg.model`) from `m.decoder`, `m.moe` and `m.attention`."""
     dt, pdt = layers.dtypes(m)
-    return Decoder(m.decoder, m.moe, dtype=dt, param_dtype=pdt, remat=m.remat, rngs=rngs)
+    return Decoder(m.decoder, m.moe, dtype=dt, param_dtype=pdt, remat=m.remat,
+                   attention=m.attention, rngs=rngs)
 
 
 # Each component on its own (converters, tests), built exactly as MM1Model builds it.
