@@ -5,8 +5,12 @@ own segment (`segment_ids`, 0 = padding), scaled by 1/sqrt(head_dim). Outputs at
 are unused; each implementation keeps them finite but they may differ between implementations.
 
 `config.model.attention` picks the kernel:
-- "xla": `jax.nn.dot_product_attention` with the dense [b, 1, t, s] mask of `attention_mask`.
-  XLA materialises the [b, n, t, s] float32 scores (and, for the backward pass, probabilities).
+- "xla": plain XLA ops (`xla_attention`): the rows are cut into up to 8 query blocks, and block
+  i scores only the keys up to its own end, so the causal upper triangle is mostly skipped
+  ((nb + 1) / 2nb of the full [t, s] scores: 56% at 8 blocks); each block's scores are float32
+  and masked with `attention_mask`. Same arithmetic as `jax.nn.dot_product_attention`'s XLA
+  path, and 3-5x faster than it on CPU (its softmax backward runs as a slow fused reduction
+  there; benchmarks/results/train.md).
 - "splash": JAX's Pallas TPU splash attention, a flash-attention kernel that takes the segment
   ids and the causal mask blockwise and never forms a [t, s] array; blocks above the diagonal are
   skipped. GQA runs natively (query head i reads kv head i // (n / g)). Under a mesh the kernel
@@ -90,7 +94,29 @@ def packed_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.
     if impl == "cudnn":
         return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True,
                                             implementation="cudnn")
-    return jax.nn.dot_product_attention(q, k, v, mask=mask)
+    return xla_attention(q, k, v, segment_ids)
+
+
+def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array) -> jax.Array:
+    """The "xla" kernel (module docstring); shapes as `packed_attention`."""
+    b, t, n, d = q.shape
+    g = k.shape[2]
+    blocks = min(8, max(1, t // 128))
+    while t % blocks:
+        blocks -= 1
+    size = t // blocks
+    q = q.reshape(b, t, g, n // g, d)  # query head i reads kv head i // (n / g)
+    scale = jnp.asarray(d ** -0.5, jnp.float32)
+    out = []
+    for i in range(blocks):
+        lo, hi = i * size, (i + 1) * size  # this block's queries see keys [0, hi)
+        logits = jnp.einsum("btgrk,bsgk->bgrts", q[:, lo:hi], k[:, :hi],
+                            preferred_element_type=jnp.float32) * scale
+        mask = attention_mask(segment_ids[:, lo:hi], segment_ids[:, :hi], q_start=lo)
+        logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        out.append(jnp.einsum("bgrts,bsgk->btgrk", probs, v[:, :hi]))
+    return jnp.concatenate(out, axis=1).reshape(b, t, n, d)
 
 
 def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, *,
