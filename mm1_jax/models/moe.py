@@ -165,11 +165,11 @@ class MoEFeedForward(nnx.Module):
         mask = jnp.pad(mask, (0, pad)).reshape(g, s)
         cap = capacity(s, e, k, factor)
 
-        choice = jax.nn.one_hot(top_i, e, dtype=jnp.int32) * mask[..., None, None]  # [g,s,k,e]
-        # Choice-major cumsum: slot of (token, choice j) = assignments to that expert from all
-        # choices < j in the group, plus earlier tokens' choice j. First choices fill first.
-        by_choice = choice.transpose(0, 2, 1, 3).reshape(g, k * s, e)
-        slot = ((jnp.cumsum(by_choice, axis=1) - 1) * by_choice).sum(-1)
+        # A stable sort of the assignments by expert, in choice-major order: the slot of (token,
+        # choice j) = assignments to that expert from all choices < j in the group, plus earlier
+        # tokens' choice j. First choices fill first. Padding gets the id E and sorts last.
+        by_choice = jnp.where(mask[..., None], top_i, e).transpose(0, 2, 1).reshape(g, k * s)
+        slot = jax.vmap(functools.partial(_rank_within_expert, num_experts=e))(by_choice)
         slot = slot.reshape(g, k, s).transpose(0, 2, 1)  # [g, s, k]
         keep = mask[..., None] & (slot < cap)  # [g, s, k]
         # Flat position of each assignment in its group's [e * c] buffer; e * c = dropped.
@@ -217,6 +217,14 @@ def _sort_by_expert(mask, top_i, num_experts):
     order = jnp.argsort(expert_of, stable=True)
     sizes = jnp.zeros((num_experts + 1,), jnp.int32).at[expert_of].add(1)[:num_experts]
     return order, sizes
+
+
+def _rank_within_expert(expert_of, num_experts):
+    """Position of each entry of `expert_of` [n] among the entries with the same expert, in
+    order (a stable sort; no [n, E] one-hot and no cumsum over n)."""
+    rank = _inverse(jnp.argsort(expert_of, stable=True))
+    counts = jnp.zeros((num_experts + 1,), jnp.int32).at[expert_of].add(1)
+    return rank - (jnp.cumsum(counts) - counts)[expert_of]
 
 
 def _inverse(order):
