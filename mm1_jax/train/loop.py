@@ -202,8 +202,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
     writer = MetricsWriter(workdir, start_step=start_step)
     progress = Progress(total_steps=cfg.train.steps, start_step=start_step)
     peak, peak_source = peak_flops(cfg, mesh.devices.flat)
-    logging.info("peak %.3g FLOP/s (%s); model %.3g FLOPs per step + %.3g per real image; the "
-                 "encoder computes %d image slots per step", peak, peak_source,
+    logging.info("peak %.3g FLOP/s (%s); model FLOPs per step: %.3g for the decoder + %.3g per "
+                 "real image; the encoder computes %d image slots per step", peak, peak_source,
                  model_flops_per_step(cfg, run.model.stats, 0), run.model.stats.flops_per_image,
                  encoded_images(cfg, sharding.data_parallel_size(mesh)))
     tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
