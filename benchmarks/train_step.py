@@ -6,8 +6,8 @@ sharded, donated step) on synthetic batches: tokens/s, images/s and MFU.
 "CPU s" is the process's CPU time per step: on a machine shared with other jobs, wall time
 inflates and CPU time does not (2 cores give at most 2 CPU-s per second).
 
-MFU = model FLOPs per step (mm1_jax.models.stats: 6N + attention per decoder position, XLA's count for
-encoder + connector per image slot, fwd+bwd) / step time / peak. On CPU the peak is a 2048^3
+MFU = model FLOPs per step (mm1_jax.train.metrics.model_flops_per_step: 6N + attention per decoder
+position, XLA's count for encoder + connector per real image, fwd+bwd) / step time / peak. On CPU the peak is a 2048^3
 float32 matmul measured in the same run (mm1_jax.perf), so MFU reads "fraction of the best XLA
 kernel on this machine", not of a data-sheet figure.
 """
@@ -52,7 +52,7 @@ def bench(name: str, steps: int, warmup: int = 2) -> dict:
             times.append(time.perf_counter() - t)
             cpu.append(time.process_time() - c)
     dt = statistics.median(times)
-    flops = model_flops_per_step(cfg, run.model.stats)
+    flops = model_flops_per_step(cfg, run.model.stats, statistics.mean(images))
     peak, source = peak_flops(cfg, mesh.devices.flat)
     params = sum(x.size for x in jax.tree.leaves(state.params))
     return {

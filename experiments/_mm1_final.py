@@ -9,7 +9,8 @@ decoder sizes on the configs' names and the MoE totals on the paper's 64B / 47B
 from mm1_jax.config import base_config
 
 
-def mm1_final(name, *, width, depth, heads, kv_heads, mlp_dim, experts=0, every=2):
+def mm1_final(name, *, width, depth, heads, kv_heads, mlp_dim, experts=0, every=2,
+              image_budget=None):
     c = base_config()
     c.name = name
     v = c.model.vision  # ViT-H/14 (DFN-5B CLIP), 378 px: 27 x 27 patches + CLS, ~632M params
@@ -26,4 +27,7 @@ def mm1_final(name, *, width, depth, heads, kv_heads, mlp_dim, experts=0, every=
     # train.grad_accum first.
     c.model.remat = "full"
     c.train.grad_accum = 1
+    # Share of image slots a chip encodes (config.py): what a chip's rows need depends on how
+    # many it holds, so each config sets its own (BENCHMARKS.md "Image budget").
+    c.model.image_budget = image_budget
     return c

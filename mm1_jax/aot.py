@@ -7,7 +7,8 @@ Needs the `tpu` extra (libtpu installs and compiles without TPU hardware; no chi
 Builds the abstract train state and a global batch with the shardings the trainer uses, compiles
 `loop.compile_step` (the very function `python -m mm1_jax.train` runs) for the topology's chips,
 and prints per-chip memory against the chip's HBM, our analytical model FLOPs per chip
-(`mm1_jax/models/stats.py`, computed at start-up) and the compile time. Exit status 1 when it does not fit, with the
+(`mm1_jax/models/stats.py`, computed at start-up; every image slot the step encodes counted as a
+real image) and the compile time. Exit status 1 when it does not fit, with the
 config keys that would help; `--json` prints one object instead of the table.
 
     python -m mm1_jax.aot --config=experiments/mm1_7b.py --topology=v5p-256 --flops
@@ -42,7 +43,7 @@ from mm1_jax.config import MESH_AXES, ConfigError, moe_period
 from mm1_jax.models.attention import implementation
 from mm1_jax.startup import Run, start
 from mm1_jax.train.loop import compile_step
-from mm1_jax.train.metrics import model_flops_per_step
+from mm1_jax.train.metrics import encoded_images, model_flops_per_step
 from mm1_jax.train.state import abstract_train_state
 from mm1_jax.train.synthetic import SPECIAL
 
@@ -128,6 +129,13 @@ def compile_train_step(cfg: ml_collections.ConfigDict, devices: list):
     return compiled, seconds, run
 
 
+def model_flops_per_chip(run: Run) -> float:
+    """Model FLOPs per chip of one step with every image slot the step encodes holding a real
+    image: what the compiled program computes (every slot, or the image budget's)."""
+    images = encoded_images(run.cfg, sharding.data_parallel_size(run.mesh))
+    return model_flops_per_step(run.cfg, run.model.stats, images) / run.mesh.size
+
+
 def compile_for(cfg: ml_collections.ConfigDict, devices: list, hbm_bytes: int) -> dict[str, Any]:
     """Compiles the train step of `cfg` for `devices`; the report as a dict (see module doc)."""
     run = topology_run(cfg, devices)
@@ -139,7 +147,8 @@ def compile_for(cfg: ml_collections.ConfigDict, devices: list, hbm_bytes: int) -
               "grad_accum": cfg.train.grad_accum, "batch": cfg.train.batch_size,
               "seq_len": cfg.train.seq_len, "max_images": cfg.data.max_images,
               "hbm_bytes_per_chip": hbm_bytes,
-              "model_flops_per_chip": model_flops_per_step(cfg, run.model.stats) / len(devices)}
+              "image_budget": cfg.model.image_budget,
+              "model_flops_per_chip": model_flops_per_chip(run)}
     abstract, shardings = abstract_train_state(run)
     t = time.perf_counter()
     try:
@@ -178,7 +187,7 @@ def flops_check(cfg: ml_collections.ConfigDict, devices: list) -> dict[str, Any]
     compiled, seconds, run = compile_train_step(cfg, devices)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    model = model_flops_per_step(run.cfg, run.model.stats) / len(devices)
+    model = model_flops_per_chip(run)
     return {"config": cfg.name, "chips": len(devices), "mesh": dict(run.mesh.shape),
             "decoder_depth": cfg.model.decoder.depth, "vision_depth": cfg.model.vision.depth,
             "compiler_flops_per_chip": float(cost["flops"]), "model_flops_per_chip": model,
@@ -203,7 +212,8 @@ def format_report(r: dict[str, Any], topology: str) -> str:
     mesh = " x ".join(f"{a}={n}" for a, n in r["mesh"].items() if n > 1) or "1 device"
     lines = [f"{r['config']} on {topology} ({r['chips']} x {r['device_kind']}), mesh {mesh}, "
              f"remat {r['remat']}, attention {r['attention']}, grad_accum {r['grad_accum']}, "
-             f"batch {r['batch']} x {r['seq_len']} with {r['max_images']} image slots"]
+             f"batch {r['batch']} x {r['seq_len']} with {r['max_images']} image slots"
+             + (f" (image_budget {r['image_budget']})" if r["image_budget"] else "")]
     if r["bytes_per_chip"] is None:
         lines.append(f"  does not fit: {r['error']}")
     else:

@@ -52,6 +52,13 @@ def base_config() -> ml_collections.ConfigDict:
     # "splash" (Pallas TPU kernel) and "cudnn" (cuDNN flash attention) do not. "auto": splash on
     # TPU, cudnn on GPU in CUDNN_DTYPES, xla elsewhere, by the platform of the devices in use.
     c.model.attention = "auto"
+    # Training only: the share of image slots the encoder computes, in (0, 1]. Each batch shard
+    # (a chip's rows) encodes its filled slots in a buffer of ceil(image_budget x its slots);
+    # images beyond it are left out, their placeholders get zeros, and they are counted in
+    # `data/images_over_budget` (mm1_jax/models/mm1.py). None (or 1.0): every slot, filled or
+    # not. How small it may be depends on the rows per chip (benchmarks/data_mixture.py
+    # --groups). Evaluation and generation always encode every image.
+    c.model.image_budget = config_dict.placeholder(float)
 
     v = c.model.vision = ml_collections.ConfigDict()
     v.image_size = 336  # MM1 ablations: ViT-L/14 at 336 (section 3.2)
@@ -285,6 +292,10 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(cfg.model.attention != "cudnn" or cfg.model.dtype in CUDNN_DTYPES, "model.attention",
              f"cuDNN's fused attention computes in {CUDNN_DTYPES}, not model.dtype="
              f"{cfg.model.dtype!r}; change model.dtype or use 'xla'")
+    if cfg.model.image_budget is not None:
+        _require(0 < cfg.model.image_budget <= 1, "model.image_budget",
+                 f"{cfg.model.image_budget} must be in (0, 1] (a share of the image slots; "
+                 "None or 1.0 encodes every slot)")
 
     _require(v.image_size % v.patch_size == 0, "model.vision.image_size",
              f"{v.image_size} is not a multiple of patch_size {v.patch_size}")

@@ -73,6 +73,17 @@ def constrain(x, names):
     return jax.lax.with_sharding_constraint(x, spec_for(x.shape, names, mesh))
 
 
+def batch_shards(rows: int) -> int:
+    """How many pieces `constrain(x, ("batch", ...))` splits `rows` rows into under the current
+    mesh (the batch's mesh axes that divide `rows`); 1 outside a mesh context."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty:
+        return 1
+    axes = spec_for((rows,), ("batch",), mesh)[0]
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    return math.prod(dict(mesh.shape)[a] for a in axes)
+
+
 def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
     """Fills in the one -1 of `shape` so that the product is `num_devices`; ConfigError otherwise."""
     shape = tuple(int(s) for s in shape)  # its form was checked by config.validate

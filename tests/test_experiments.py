@@ -124,6 +124,17 @@ def test_config_errors_name_the_key(key, value, message):
     assert key.rsplit(".", 1)[0] in str(err.value)
 
 
+@pytest.mark.parametrize("budget", [0.0, -0.5, 1.5])
+def test_image_budget_must_be_a_share_of_the_slots(budget):
+    cfg = base_config()
+    cfg.model.image_budget = budget
+    with pytest.raises(ConfigError, match=r"config\.model\.image_budget: .* must be in \(0, 1\]"):
+        validate(cfg)
+    for ok in (None, 0.05, 1.0):
+        cfg.model.image_budget = ok
+        validate(cfg)
+
+
 def test_moe_period_must_divide_depth():
     cfg = base_config()
     cfg.model.moe.num_experts, cfg.model.moe.every = 8, 5  # depth 24

@@ -73,3 +73,29 @@ def test_no_image_activation_at_global_batch(compiled_4_and_16):
     found = set(re.findall(rf"\w+\[{global_images},(?:{patches}|{patches + 1}),[0-9,]*\]",
                            c16.as_text()))
     assert not found, f"image activations at the global batch on one chip: {sorted(found)}"
+
+
+COLLECTIVES = ("all-gather", "all-to-all", "collective-permute", "all-reduce", "reduce-scatter")
+
+
+@pytest.mark.slow
+def test_image_budget_gathers_within_each_chip(compiled_4_and_16):
+    """model.image_budget 0.75 on 16 chips (9 of each chip's 12 slots): no uint8 value (an
+    image) moves between chips, no image activation holds the global buffer (16 x 9 images) on
+    one chip, and the temporaries shrink below every slot's. Measured when written: 618 MB
+    against 717 MB."""
+    _, (_, every) = compiled_4_and_16
+    devices = topology_devices("v5p-32")
+    cfg = small_config(len(devices))
+    cfg.model.image_budget = 0.75
+    compiled = compile_train_step(cfg, devices)[0]
+    text = compiled.as_text()
+    moved = [line.strip()[:160] for line in text.splitlines()
+             if "= u8[" in line and any(f" {c}" in line for c in COLLECTIVES)]
+    assert not moved, moved
+    patches = (cfg.model.vision.image_size // cfg.model.vision.patch_size) ** 2
+    buffer = len(devices) * 9
+    found = set(re.findall(rf"\w+\[{buffer},(?:{patches}|{patches + 1}),[0-9,]*\]", text))
+    assert not found, f"image activations at the global buffer on one chip: {sorted(found)}"
+    t_budget, t_every = (c.memory_analysis().temp_size_in_bytes for c in (compiled, every))
+    assert t_budget < 0.95 * t_every, (t_budget, t_every)

@@ -100,7 +100,7 @@ def _decode_cached(graphdef, state, tokens, valid, images, key, max_new, tempera
     positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
     key_valid = jnp.zeros((b, total), bool).at[:, :length].set(valid)
     cache = dec.init_cache(b, total)
-    x = model.embed_inputs(tokens, images)
+    x, _ = model.embed_inputs(tokens, images)  # every image: no budget at inference
     logits, cache = dec.forward_with_cache(x, positions, key_valid, cache, 0)
     next_pos = positions[:, -1] + 1
     rngs = jax.random.split(rng, max_new)

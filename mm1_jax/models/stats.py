@@ -66,19 +66,23 @@ def image_flops(abstract_model, image_size: int) -> float:
         return connector(vision(images))
 
     images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.uint8)
-    # XLA counts the body of the scanned block stack once, not once per block: add the others,
-    # each costed as one block of the stack (its parameters sliced off the stacked layers axis).
-    vision = abstract_model.vision
+    return 3.0 * (xla_flops(forward, state, images) + uncounted_block_flops(abstract_model.vision, 1))
+
+
+def uncounted_block_flops(vision, images: int) -> float:
+    """Forward FLOPs that XLA's count of a program running `vision` on `images` images misses:
+    it counts the body of the scanned block stack once, not once per block. The other blocks,
+    each costed as one block of the stack (its parameters sliced off the stacked layers axis)."""
     blocks_def, blocks_state = nnx.split(vision.blocks)
     n_blocks = jax.tree.leaves(blocks_state)[0].shape[0]
     one_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), blocks_state)
-    width = vision.pos_embed.shape[-1]
-    tokens = jax.ShapeDtypeStruct((1, vision.pos_embed.shape[0], width), vision.dtype)
-    one_block = _flops(lambda st, x: nnx.merge(blocks_def, st)(x), one_state, tokens)
-    return 3.0 * (_flops(forward, state, images) + (n_blocks - 1) * one_block)
+    tokens = jax.ShapeDtypeStruct((images, *vision.pos_embed.shape), vision.dtype)
+    one_block = xla_flops(lambda st, x: nnx.merge(blocks_def, st)(x), one_state, tokens)
+    return (n_blocks - 1) * one_block
 
 
-def _flops(fn, *args) -> float:
+def xla_flops(fn, *args) -> float:
+    """XLA's forward FLOP count of `fn` lowered (not compiled) for `args` (shapes suffice)."""
     cost = jax.jit(fn).lower(*args).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost["flops"])

@@ -10,7 +10,13 @@ Each iteration dispatches step t and only then reads the metrics of step t - 1, 
 stalls the device. A step that must not count (non-finite loss or gradient, or a batch whose image
 placeholders disagree with its images) refuses its own update inside the step, so reading its
 metrics one step late changes nothing; before a checkpoint is written the pending metrics are
-read, so a batch that stops the run never reaches a checkpoint.
+read, so a batch that stops the run never reaches a checkpoint. Images that `model.image_budget`
+leaves out do not stop the run: they are counted (`data/images_over_budget`) and warned about
+when a log window loses more than `OVER_BUDGET_WARN` of its images.
+
+perf/mfu counts the encoder's FLOPs for real images only (`metrics.model_flops_per_step`): empty
+slots the encoder computes are not counted as work, and a budget that skips them shows as a
+shorter step, hence a higher MFU.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from mm1_jax.convert.init_from import apply_init_from
 from mm1_jax.data.tokenizer import SpecialIds
 from mm1_jax.eval import evaluators as eval_lib
 from mm1_jax.startup import Run, start
-from mm1_jax.train.metrics import Progress, model_flops_per_step, peak_flops
+from mm1_jax.train.metrics import Progress, encoded_images, model_flops_per_step, peak_flops
 from mm1_jax.train.state import TrainState, abstract_train_state, init_train_state
 from mm1_jax.train.step import train_step
 from mm1_jax.writer import MetricsWriter
@@ -42,6 +48,10 @@ from mm1_jax.writer import MetricsWriter
 # Per-row counters of the data pipeline: host-side statistics, not model inputs; they never
 # travel to the device.
 HOST_COUNTERS = {"truncated": "data/truncated_items", "dropped": "data/dropped_items"}
+# A log window that leaves out more than this share of its images over `model.image_budget`
+# warns. A budget sized for the run's rows per chip leaves out ~0.01-0.04% (BENCHMARKS.md); the
+# count is logged in `data/images_over_budget` either way.
+OVER_BUDGET_WARN = 1e-3
 
 
 class _LibraryInfoFilter(logging.logging.Filter):
@@ -191,8 +201,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
 
     writer = MetricsWriter(workdir, start_step=start_step)
     progress = Progress(total_steps=cfg.train.steps, start_step=start_step)
-    flops, (peak, peak_source) = model_flops_per_step(cfg, run.model.stats), peak_flops(cfg, mesh.devices.flat)
-    logging.info("peak %.3g FLOP/s (%s); model %.3g FLOPs per step", peak, peak_source, flops)
+    peak, peak_source = peak_flops(cfg, mesh.devices.flat)
+    logging.info("peak %.3g FLOP/s (%s); model FLOPs per step: %.3g for the decoder + %.3g per "
+                 "real image; the encoder computes %d image slots per step", peak, peak_source,
+                 model_flops_per_step(cfg, run.model.stats, 0), run.model.stats.flops_per_image,
+                 encoded_images(cfg, sharding.data_parallel_size(mesh)))
     tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
 
     step_fn = None
@@ -223,7 +236,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
         window["steps"] += 1
         window["data_wait"] += data_wait
         for key, value in metrics.items():
-            if key.startswith("data/") and (key.endswith("_tokens") or key == "data/images"):
+            if key.startswith("data/") and (key.endswith("_tokens") or key.startswith("data/images")):
                 counts[key] = counts.get(key, 0.0) + float(value)
         progress.update(step, loss=float(metrics["loss/total"]))
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
@@ -234,6 +247,15 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
                     del metrics[f"loss/{name}"]
             metrics.update(_host_sum(counters))
             metrics.update(counts)
+            if counts["data/images_over_budget"] > OVER_BUDGET_WARN * counts["data/images"]:
+                logging.warning(
+                    "steps %d-%d: %d of %d images were over model.image_budget=%s and left out "
+                    "(their placeholders got zeros); raise the budget (benchmarks/"
+                    "data_mixture.py --groups measures what a chip's rows need)",
+                    step - window["steps"] + 1, step, counts["data/images_over_budget"],
+                    counts["data/images"], cfg.model.image_budget)
+            # Model FLOPs count the window's real images (model_flops_per_step).
+            flops = model_flops_per_step(cfg, run.model.stats, counts["data/images"] / window["steps"])
             metrics.update({
                 "perf/step_time": dt,
                 "perf/tokens_per_s": tokens_per_step / dt,

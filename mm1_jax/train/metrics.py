@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import ml_collections
 
+from mm1_jax.models.mm1 import image_budget
 from mm1_jax.models.stats import ModelStats
 from mm1_jax.perf import device_peak_flops
 
@@ -22,12 +23,24 @@ def peak_flops(cfg: ml_collections.ConfigDict, devices) -> tuple[float, str]:
     return per_device * len(devices), source
 
 
-def model_flops_per_step(cfg: ml_collections.ConfigDict, stats: ModelStats) -> float:
-    """Training FLOPs (forward + backward) of one global batch: every decoder position and every
-    image slot is computed (padding included), so that is what the hardware is measured on."""
-    b = cfg.train.batch_size
-    return (b * cfg.train.seq_len * stats.flops_per_token
-            + b * cfg.data.max_images * stats.flops_per_image)
+def model_flops_per_step(cfg: ml_collections.ConfigDict, stats: ModelStats, images: float) -> float:
+    """Training FLOPs (forward + backward) of one global batch holding `images` real images: every
+    decoder position (padding included), and encoder + connector for each real image.
+
+    An empty image slot is not model work, whether the encoder computes it (no
+    `model.image_budget`) or skips it, so it does not count: `perf/mfu` is the honest MFU.
+    Encoding empty slots lowers it instead of counting as work; a budget that skips them shows
+    as a shorter step at the same model FLOPs, a higher MFU."""
+    return (cfg.train.batch_size * cfg.train.seq_len * stats.flops_per_token
+            + images * stats.flops_per_image)
+
+
+def encoded_images(cfg: ml_collections.ConfigDict, batch_shards: int) -> int:
+    """Image slots the train step encodes per global batch with its rows split `batch_shards`
+    ways: every slot, or with `model.image_budget` each shard's budget per micro-batch."""
+    accum = cfg.train.grad_accum
+    slots = cfg.train.batch_size // accum // batch_shards * cfg.data.max_images
+    return accum * batch_shards * image_budget(cfg.model.image_budget, slots)
 
 
 class Progress:

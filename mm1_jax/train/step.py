@@ -14,6 +14,8 @@ A step refuses its update, leaving parameters and optimiser state as they were, 
 the gradient norm is not finite or when a row's image placeholders do not match its images
 (`data/placeholder_mismatch`: the pipeline and the model disagree on tokens per image, and the
 batch would train on misplaced images). The loop stops on the latter at once, naming the step.
+Images that `model.image_budget` leaves out (`data/images_over_budget`) are counted, not
+refused (mm1_jax/models/mm1.py).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def _loss(params, batch: dict, num_loss_tokens: jax.Array, *, recipe, accum: int
         "loss/aux": aux_loss / accum,
         "data/placeholder_mismatch": aux["data/placeholder_mismatch"],
         "data/images": batch["image_mask"].sum().astype(jnp.int32),
+        "data/images_over_budget": aux["data/images_over_budget"],
     }
     if "kinds" in batch:
         for name, i in KIND_IDS.items():

@@ -1,6 +1,7 @@
 """The MM1 model: image embeddings land in their placeholders, mismatches are errors, packing
 with images is exact, and the demo model trains (forward + backward) on CPU."""
 
+import math
 import os
 
 import jax
@@ -12,6 +13,7 @@ from flax import nnx
 
 from mm1_jax.config import load_config
 from mm1_jax.models.mm1 import MM1Model, PlaceholderMismatchError, merge_image_embeddings
+from mm1_jax.train.synthetic import SPECIAL, make_global_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMG = 3  # image placeholder id in these tests
@@ -123,3 +125,118 @@ def test_demo_forward_backward_reduces_loss(cfg):
         loss, _ = step(model, opt)
     assert float(loss) < 0.5 * float(loss0)
     assert np.isclose(float(loss0), np.log(cfg.model.decoder.vocab_size), rtol=0.2)  # ~uniform at init
+
+
+# ------------------------------------------------------------------ the image budget
+
+
+def _budget_model(cfg, budget):
+    """The module's model (same initialisation) with `model.image_budget` = budget."""
+    c = cfg.copy_and_resolve_references()
+    c.model.image_budget = budget
+    return MM1Model(c.model, image_token_id=IMG, rngs=nnx.Rngs(0))
+
+
+def _loss_and_grads(model, batch):
+    def loss_fn(m):
+        logits, aux = m(batch)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+                                                             batch["targets"])
+        return (ce * batch["loss_mask"]).sum() / batch["loss_mask"].sum(), aux
+
+    (loss, aux), grads = nnx.jit(nnx.value_and_grad(loss_fn, has_aux=True))(model)
+    return float(loss), aux, nnx.to_flat_state(nnx.state(grads, nnx.Param))
+
+
+def _encoded(monkeypatch):
+    """Records the number of images each call of the vision encoder receives."""
+    from mm1_jax.models.vision import VisionEncoder
+
+    seen, real = [], VisionEncoder.__call__
+
+    def spy(self, images):
+        seen.append(images.shape[0])
+        return real(self, images)
+
+    monkeypatch.setattr(VisionEncoder, "__call__", spy)
+    return seen
+
+
+def test_image_budget_gives_the_same_loss_and_gradients_as_every_slot(cfg, monkeypatch):
+    """Rows with 1..6 of 6 images; a budget that holds exactly the batch's images, and a looser
+    one (the buffer then also holds empty slots): loss and every parameter's gradient equal
+    the every-slot path's, while the encoder sees only the budget."""
+    batch = make_global_batch(cfg, 0, 0, special=SPECIAL)
+    counts = batch["image_mask"].sum(1)
+    assert len(set(counts.tolist())) > 2, counts  # rows hold different numbers of images
+    filled, slots = int(counts.sum()), batch["image_mask"].size
+    seen = _encoded(monkeypatch)
+    loss, aux, grads = _loss_and_grads(_budget_model(cfg, None), batch)
+    assert seen == [slots]
+    for budget, encoded in ((filled / slots, filled), (0.9, math.ceil(0.9 * slots))):
+        seen.clear()
+        loss_b, aux_b, grads_b = _loss_and_grads(_budget_model(cfg, budget), batch)
+        assert seen == [encoded] and encoded < slots
+        assert int(aux_b["data/images_over_budget"]) == 0
+        assert loss_b == pytest.approx(loss, rel=1e-6)
+        assert [p for p, _ in grads_b] == [p for p, _ in grads]
+        for (path, g), (_, g_b) in zip(grads, grads_b):
+            np.testing.assert_allclose(g_b[...], g[...], rtol=1e-5, atol=1e-7, err_msg=str(path))
+    assert optax.global_norm(nnx.State.from_flat_path(grads)["vision"]) > 0  # images are trained
+
+
+def test_images_over_the_budget_are_left_out_and_counted(cfg, monkeypatch):
+    """5 images more than the budget: the last 5 filled slots in row order are not encoded,
+    their placeholders get zeros, everything else is as with every slot encoded; evaluation
+    (train=False) encodes them all."""
+    batch = make_global_batch(cfg, 0, 0, special=SPECIAL)
+    mask, t = batch["image_mask"], cfg.model.connector.num_tokens
+    budget = (int(mask.sum()) - 5) / mask.size
+    full, limited = _budget_model(cfg, None), _budget_model(cfg, budget)
+    seen = _encoded(monkeypatch)
+    x_full, _ = full.embed_inputs(batch["tokens"], batch["images"], batch["image_mask"])
+    x, over = limited.embed_inputs(batch["tokens"], batch["images"], batch["image_mask"])
+    assert int(over) == 5 and seen == [mask.size, int(mask.sum()) - 5]
+    # Independently: placeholder j of row r belongs to the row's image j // t; the image is
+    # dropped when it is among the batch's last 5 filled slots in row-major order.
+    dropped_slots = set(map(tuple, np.argwhere(mask)[-5:].tolist()))
+    is_img = batch["tokens"] == IMG
+    image_of = np.cumsum(is_img, axis=1) - 1
+    dropped = np.zeros_like(is_img)
+    for r, j in zip(*np.nonzero(is_img)):
+        dropped[r, j] = (r, image_of[r, j] // t) in dropped_slots
+    assert dropped.sum() == 5 * t
+    np.testing.assert_array_equal(np.asarray(x)[dropped], 0.0)
+    np.testing.assert_allclose(np.asarray(x)[~dropped], np.asarray(x_full)[~dropped],
+                               rtol=1e-6, atol=1e-6)
+    _, aux = nnx.jit(lambda m, b: m(b))(limited, batch)  # training: counted under jit too
+    assert int(aux["data/images_over_budget"]) == 5
+    logits_eval, aux_eval = limited(batch, train=False)
+    assert int(aux_eval["data/images_over_budget"]) == 0
+    np.testing.assert_allclose(logits_eval, full(batch, train=False)[0], rtol=1e-6, atol=1e-6)
+
+
+def test_image_budget_on_8_devices_gathers_per_batch_shard():
+    """data=2 x fsdp=4 (8 shards of 2 rows): with a budget that holds every shard's images, loss
+    and gradients equal every slot encoded on one device; a tighter budget drops per shard (a
+    gather over the whole batch would count differently); no uint8 value (an image) crosses
+    between devices, which the check sees when the gather is global."""
+    import json
+
+    from tests.train.conftest import run_python
+
+    p = run_python(["tests/models/sharded_budget.py"], devices=8, timeout=900)
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    ref = out["one_every_slot"]
+    eight = out["eight_fits"]
+    assert eight["loss"] == pytest.approx(ref["loss"], rel=1e-6) and eight["over"] == 0
+    # Every element of every parameter's gradient within rtol 1e-5, atol 1e-7 of one device's.
+    assert eight["grad_err"] <= 1.0 and eight["grad_elements"] > 500_000, eight
+    per_group, slots = np.array(out["per_group"]), out["slots_per_group"]
+    k = math.ceil(out["budgets"]["tight"] * slots - 1e-9)
+    expected = int(np.maximum(per_group - k, 0).sum())
+    assert expected != max(int(per_group.sum()) - 8 * k, 0)  # per shard, not global: tells apart
+    assert out["eight_tight"]["over"] == expected
+    for name in ("eight_fits", "eight_tight"):
+        assert out[name]["moved"] == [], (name, out[name]["moved"])
+    assert out["eight_global_gather_moved"], "the check must see images cross devices"

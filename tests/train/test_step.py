@@ -123,3 +123,28 @@ def test_loop_stops_at_the_mismatched_step_before_it_reaches_a_checkpoint(demo_c
         train(demo_cfg, str(tmp_path), iterator=_MismatchAt(demo_cfg, 4), special=SPECIAL)
     steps = ocp.utils.checkpoint_steps(str(tmp_path / "checkpoints"))
     assert 5 not in steps and all(s < 5 for s in steps), steps
+
+
+def test_loop_counts_images_over_the_budget_and_mfu_counts_real_images(demo_cfg, tmp_path, caplog):
+    """Budget 0.625 of 8 rows x 6 slots (30 images) on synthetic rows of 1..6 images: the loop
+    logs the images left out per window (summed over its steps, as counted from the batches
+    here) with a warning, and its model FLOPs count the real images, not the slots."""
+    from mm1_jax.startup import abstract_model
+
+    demo_cfg.model.image_budget, demo_cfg.train.steps, demo_cfg.train.log_every = 0.625, 4, 2
+    masks = [make_global_batch(demo_cfg, 0, i)["image_mask"] for i in range(4)]
+    over = [max(int(m.sum()) - 30, 0) for m in masks]
+    assert sum(over) > 0 and 0 in over  # some steps drop images, some do not
+    with caplog.at_level("WARNING"):
+        train(demo_cfg, str(tmp_path), iterator=SyntheticBatches(demo_cfg), special=SPECIAL)
+    rows = [json.loads(l) for l in open(os.path.join(tmp_path, "metrics.jsonl"))]
+    assert [r["data/images_over_budget"] for r in rows] == [over[0] + over[1], over[2] + over[3]]
+    assert [r["data/images"] for r in rows] == [int(masks[0].sum() + masks[1].sum()),
+                                                int(masks[2].sum() + masks[3].sum())]
+    warned = [r.getMessage() for r in caplog.records if "model.image_budget=0.625" in r.getMessage()]
+    assert len(warned) == sum(o > 0 for o in (over[0] + over[1], over[2] + over[3])), warned
+    stats = abstract_model(demo_cfg, SPECIAL).stats
+    b, s = demo_cfg.train.batch_size, demo_cfg.train.seq_len
+    for r in rows:  # per step: every decoder position + encoder per real image (2 steps/window)
+        flops = b * s * stats.flops_per_token + r["data/images"] / 2 * stats.flops_per_image
+        assert r["perf/model_flops_per_s"] * r["perf/step_time"] == pytest.approx(flops, rel=1e-6)
