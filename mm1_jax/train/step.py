@@ -10,7 +10,8 @@ the result is the same objective as one big batch, not a mean of per-micro-batch
 Batch keys (docs/data.md): tokens, targets, loss_mask, segment_ids, positions, kinds,
 images uint8 [B, N_img, H, W, 3], image_mask [B, N_img]. `kinds` is optional (per-kind losses).
 
-A step refuses its update, leaving parameters and optimiser state as they were, when the loss or
+A step refuses its update, leaving parameters and optimiser state as they were (under
+`lax.cond`: a refused step computes no update, and its `opt/update_norm` is 0), when the loss or
 the gradient norm is not finite or when a row's image placeholders do not match its images
 (`data/placeholder_mismatch`: the pipeline and the model disagree on tokens per image, and the
 batch would train on misplaced images). The loop stops on the latter at once, naming the step.
@@ -98,14 +99,21 @@ def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict[str, An
 
     grad_norm = optax.global_norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (sums["data/placeholder_mismatch"] == 0)
-    updates, opt_state = recipe.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+
+    def update(_):
+        updates, opt_state = recipe.tx.update(grads, state.opt_state, state.params)
+        return optax.apply_updates(state.params, updates), opt_state, optax.global_norm(updates)
+
+    def refuse(_):
+        return state.params, state.opt_state, jnp.zeros((), jnp.float32)
+
+    # A refused step computes no update at all (and a good one pays no select over the state).
+    params, opt_state, update_norm = jax.lax.cond(ok, update, refuse, None)
     bad = jnp.where(ok, 0, state.bad_steps + 1)
     new_state = state.replace(
         step=state.step + 1,
-        params=keep(params, state.params),
-        opt_state=keep(opt_state, state.opt_state),
+        params=params,
+        opt_state=opt_state,
         bad_steps=bad,
         skipped_steps=state.skipped_steps + (~ok).astype(jnp.int32))
 
@@ -115,7 +123,7 @@ def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict[str, An
         "loss/ce": ce,
         "opt/lr": recipe.schedule(state.step - state.skipped_steps),  # this update's rate
         "opt/grad_norm": grad_norm,
-        "opt/update_norm": optax.global_norm(updates),
+        "opt/update_norm": update_norm,
         "opt/param_norm": optax.global_norm(new_state.params),
         "opt/skipped": (~ok).astype(jnp.int32),
         "opt/skipped_total": new_state.skipped_steps,
