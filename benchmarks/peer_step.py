@@ -12,11 +12,11 @@ Cases (float32 on both sides, AdamW with the same betas, eps, weight decay and c
 - clip: a CLIP ViT tower (ViT-S/16 at 224, 6 layers, QuickGELU), 16 images, loss = mean square
   of the last hidden states; ours `VisionEncoder`, theirs `CLIPVisionModel`.
 
-Each run times one step of ours, then one of theirs, alternating, so machine load hits both
-alike; the figures are medians. PyTorch's OpenMP workers spin for a while after each parallel
-region by default and take the cores from the JAX step that follows in the same process (ours
-measured 10.4 s instead of 7.5 s per dense step), so the script sets OMP_WAIT_POLICY=PASSIVE
-before torch loads (torch's own step is no slower with it: 8.2 s against 8.9 s). Model FLOPs per step use one formula for both sides:
+Each side runs in its own worker process (this script with --worker), and the parent has them
+take one step each in turn, so machine load hits both alike while neither shares a heap or
+thread pool with the other; the figures are medians. (In one process, our MoE step measured
+10.4 s after torch steps against 7.4 s alone: the two frameworks' allocators and thread pools
+interfere.) Workers set OMP_WAIT_POLICY=PASSIVE, so an idle torch worker does not spin. Model FLOPs per step use one formula for both sides:
 6 x (matmul parameters) + 12 x layers x seq x width per token (attention, unmasked count), for
 the ViT the same per patch token. Each side's FLOP/s is divided by its own framework's 2048^3
 float32 matmul measured in the same run.
@@ -29,6 +29,7 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see the module docstring; before torch
 import statistics
+import subprocess
 import sys
 import time
 
@@ -237,6 +238,43 @@ CASES = {
 }
 
 
+def worker(case: str, side: str, args) -> None:
+    """Builds one side of `case`, then takes a step per line on stdin and prints its seconds."""
+    if side == "theirs":
+        import torch
+
+        torch.set_num_threads(args.threads)
+        torch.manual_seed(0)
+    make_ours, make_theirs = CASES[case][:2]
+    step = (make_ours if side == "ours" else make_theirs)(args)
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        print(f"{timed(step):.6f}", flush=True)
+
+
+class Worker:
+    def __init__(self, case: str, side: str, args):
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--cases", case,
+               "--moe_mode", args.moe_mode, "--threads", str(args.threads)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._read()  # "ready": built and compiled
+
+    def _read(self) -> str:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.proc.args[3:6]} exited with {self.proc.wait()}")
+        return line.strip()
+
+    def step(self) -> float:
+        self.proc.stdin.write("step\n")
+        self.proc.stdin.flush()
+        return float(self._read())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cases", default="dense,moe,clip")
@@ -244,7 +282,10 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--moe_mode", default="capacity", choices=("capacity", "dropless"))
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--worker", choices=("ours", "theirs"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.worker:
+        return worker(args.cases, args.worker, args)
     import torch
     import transformers
 
@@ -256,19 +297,20 @@ def main():
     mm_jax, mm_torch = measure_matmul_flops(), torch_matmul_flops()
     rows = []
     for name in args.cases.split(","):
-        make_ours, make_theirs, flops, peer, units, unit = CASES[name]
-        ours, theirs = make_ours(args), make_theirs(args)
+        flops, peer, units, unit = CASES[name][2:]
+        ours, theirs = Worker(name, "ours", args), Worker(name, "theirs", args)
         for _ in range(args.warmup):
-            ours()
-            theirs()
+            ours.step()
+            theirs.step()
         t_ours, t_theirs = [], []
         for _ in range(args.runs):
-            t_ours.append(timed(ours))
-            t_theirs.append(timed(theirs))
+            t_ours.append(ours.step())
+            t_theirs.append(theirs.step())
+        ours.close()
+        theirs.close()
         a, b, f = statistics.median(t_ours), statistics.median(t_theirs), flops()
         rows.append((name, units, unit, peer, a, b, f))
         print(f"# {name}: ours {a:.3f} s, {peer} {b:.3f} s per step: {b / a:.2f}x", flush=True)
-        del ours, theirs
     # The matmul baselines again at the end; the best of both measurements is each peak.
     mm_jax, mm_torch = max(mm_jax, measure_matmul_flops()), max(mm_torch, torch_matmul_flops())
     print(f"\n# 2048^3 float32 matmul (best of start and end): JAX {mm_jax / 1e9:.1f} GFLOP/s, "
