@@ -94,3 +94,35 @@ def test_knobs_name_the_config_keys():
                   "remat": "dots"})
     assert "--config.train.grad_accum=4" in text and "--config.model.remat=full" in text
     assert "(1, 64, 1, 1)" in text
+
+
+def _assert_no_replicated_compute(r: dict) -> None:
+    """Compiler FLOPs per chip within 15% above the model's share per chip. Below 1 is allowed
+    down to 0.8: the XLA attention skips the blocks above the causal diagonal that the model
+    count (6N + 12 L t d, unmasked attention) includes; a work-sharing bug shows far above."""
+    assert 0.8 <= r["ratio"] <= 1.15, r
+
+
+@needs_libtpu
+def test_flops_check_small_config_on_v5p_8():
+    """`python -m mm1_jax.aot --flops` on demo_cpu: each of 4 chips computes its quarter."""
+    from mm1_jax.aot import flops_check, topology_devices
+
+    r = flops_check(_small(batch=8), topology_devices("v5p-8"))
+    assert r["decoder_depth"] == 1 and r["vision_depth"] == 1 and r["chips"] == 4
+    _assert_no_replicated_compute(r)
+
+
+@pytest.mark.slow
+@needs_libtpu
+@pytest.mark.parametrize("name", ["mm1_ablation_base", "mm1_3b", "mm1_7b", "mm1_30b",
+                                  "mm1_3b_moe", "mm1_7b_moe"])
+def test_no_replicated_compute_for_every_mm1_config(name):
+    """Every MM1 config at reduced depth on v5p-32 (16 chips, 4 rows each, the config's own
+    mesh rule and image budget): compiler FLOPs per chip / (model FLOPs / chips) <= 1.15."""
+    from mm1_jax.aot import flops_check, topology_devices
+    from mm1_jax.config import load_config
+
+    cfg = load_config(os.path.join(ROOT, "experiments", f"{name}.py"))
+    cfg.train.batch_size = 64
+    _assert_no_replicated_compute(flops_check(cfg, topology_devices("v5p-32")))

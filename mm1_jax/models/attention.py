@@ -9,8 +9,8 @@ are unused; each implementation keeps them finite but they may differ between im
   i scores only the keys up to its own end, so the causal upper triangle is mostly skipped
   ((nb + 1) / 2nb of the full [t, s] scores: 56% at 8 blocks); each block's scores are float32
   and masked with `attention_mask`. Same arithmetic as `jax.nn.dot_product_attention`'s XLA
-  path, and 3-5x faster than it on CPU (its softmax backward runs as a slow fused reduction
-  there; benchmarks/results/train.md).
+  path, and about 2x faster than it on CPU (benchmarks/attention.py; its softmax backward
+  runs there as a slow fused reduction over the full [t, s] scores).
 - "splash": JAX's Pallas TPU splash attention, a flash-attention kernel that takes the segment
   ids and the causal mask blockwise and never forms a [t, s] array; blocks above the diagonal are
   skipped. GQA runs natively (query head i reads kv head i // (n / g)). Under a mesh the kernel
