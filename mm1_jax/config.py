@@ -111,7 +111,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.top_k = 2  # GShard top-2
     m.expert_mlp_dim = config_dict.placeholder(int)  # defaults to decoder.mlp_dim
     m.capacity_factor = 1.25  # training capacity factor (GShard); inference never drops
-    m.mode = "capacity"  # training: "capacity" (dispatch/combine, drops over capacity) or "dropless"
+    m.mode = "capacity"  # training: "capacity" (index dispatch, drops over capacity) or "dropless"
     m.load_balance_coef = 0.01  # MM1 section 4
     m.z_loss_coef = 0.001  # MM1 section 4 (ST-MoE router z-loss)
     m.group_size = 4096  # tokens per routing group for the capacity path

@@ -152,8 +152,8 @@ class MoEFeedForward(nnx.Module):
 
         Every (token, choice) assignment gets a slot in its expert's buffer; kept assignments
         are gathered into expert-major buffers [e, g, c, m], the experts run, and each token
-        gathers its outputs back. No [tokens, experts, capacity] tensor is built: the only
-        per-expert intermediate is the int32 one-hot [g, s, k, e] whose cumsum numbers the slots.
+        gathers its outputs back. No [tokens, experts, capacity] or [tokens, experts] tensor is
+        built: the slots come from a stable sort of the assignments by expert.
         """
         t, d = x.shape
         e, k = self.num_experts, self.top_k
