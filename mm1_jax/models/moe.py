@@ -214,16 +214,19 @@ def _sort_by_expert(mask, top_i, num_experts):
     """(order, sizes): assignments (token, choice) flattened token-major, sorted by expert
     (padding, given the id E, sorts last), and each expert's count."""
     expert_of = jnp.where(mask[:, None], top_i, num_experts).reshape(-1)
-    order = jnp.argsort(expert_of, stable=True)
-    sizes = jnp.zeros((num_experts + 1,), jnp.int32).at[expert_of].add(1)[:num_experts]
-    return order, sizes
+    return jnp.argsort(expert_of, stable=True), _counts(expert_of, num_experts)[:num_experts]
+
+
+def _counts(expert_of, num_experts):
+    """[E + 1] int32: how many entries of `expert_of` name each expert (E: padding)."""
+    return jnp.zeros((num_experts + 1,), jnp.int32).at[expert_of].add(1)
 
 
 def _rank_within_expert(expert_of, num_experts):
     """Position of each entry of `expert_of` [n] among the entries with the same expert, in
     order (a stable sort; no [n, E] one-hot and no cumsum over n)."""
     rank = _inverse(jnp.argsort(expert_of, stable=True))
-    counts = jnp.zeros((num_experts + 1,), jnp.int32).at[expert_of].add(1)
+    counts = _counts(expert_of, num_experts)
     return rank - (jnp.cumsum(counts) - counts)[expert_of]
 
 
