@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mm1_jax.config import base_config
+from mm1_jax.config import MESH_AXES, base_config
 from mm1_jax.models.moe import capacity, group_shape
+from mm1_jax.sharding import logical_to_mesh
 from tests.models import build
 
 
@@ -65,6 +66,27 @@ def reference(p, x, mask, top_k=2):
         n += 1
     lb = e * jnp.sum((first_counts / n) * (prob_sum / n))
     return jnp.stack(rows), lb, z_sum / n
+
+
+def on_mesh(layer, shape):
+    """A (data, fsdp, tensor, expert) mesh of `shape` on the CPU devices, with the layer's
+    parameters placed on it by their logical names through the rules table."""
+    mesh = jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 4)
+    for _, var in nnx.iter_graph(layer):
+        if isinstance(var, nnx.Param):
+            spec = logical_to_mesh(var.get_metadata()["out_sharding"])
+            var.value = jax.device_put(var[...], jax.NamedSharding(mesh, spec))
+    return mesh
+
+
+def run_on_cpu_devices(script: str, devices: int) -> None:
+    """Runs `script` in a fresh interpreter that sees `devices` CPU devices; it prints OK."""
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
 
 
 def random_inputs(b, s, d, seed=0, pad_frac=0.25):
@@ -260,19 +282,12 @@ def test_expert_parallel_mesh_matches_single_device():
     script = textwrap.dedent("""
         import jax, jax.numpy as jnp, numpy as np
         from flax import nnx
-        from tests.models.test_moe import small_cfg, random_inputs
+        from tests.models.test_moe import small_cfg, random_inputs, on_mesh
         from tests.models import build
-        from mm1_jax.sharding import logical_to_mesh
         layer = build.moe(small_cfg(e=4, group_size=8, factor=1.0), rngs=nnx.Rngs(0))
         x, mask = random_inputs(4, 8, 16, seed=1)
         want, want_stats = layer(x, jnp.asarray(mask))
-        axes = ("data", "fsdp", "tensor", "expert")
-        mesh = jax.make_mesh((2, 1, 1, 2), axes, axis_types=(jax.sharding.AxisType.Auto,) * 4)
-        with jax.set_mesh(mesh):
-            for _, var in nnx.iter_graph(layer):
-                if isinstance(var, nnx.Param):
-                    spec = logical_to_mesh(var.get_metadata()["out_sharding"])
-                    var.value = jax.device_put(var[...], jax.NamedSharding(mesh, spec))
+        with jax.set_mesh(on_mesh(layer, (2, 1, 1, 2))):
             f = nnx.jit(lambda l, x, m: l(x, m))
             got, stats = f(layer, x, jnp.asarray(mask))
             hlo = f.lower(layer, x, jnp.asarray(mask)).as_text()
@@ -282,12 +297,7 @@ def test_expert_parallel_mesh_matches_single_device():
         assert "sharding_constraint" in hlo
         print("OK")
     """)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+    run_on_cpu_devices(script, 4)
 
 
 def test_dropless_expert_parallel_matches_single_device_with_gradients():
@@ -297,9 +307,8 @@ def test_dropless_expert_parallel_matches_single_device_with_gradients():
     script = textwrap.dedent("""
         import jax, jax.numpy as jnp, numpy as np
         from flax import nnx
-        from tests.models.test_moe import small_cfg, random_inputs, loss_fn
+        from tests.models.test_moe import small_cfg, random_inputs, loss_fn, on_mesh
         from tests.models import build
-        from mm1_jax.sharding import logical_to_mesh
         x, mask = random_inputs(8, 12, 16, seed=1)
         mask = jnp.asarray(mask)
         r = jax.random.normal(jax.random.key(2), x.shape)
@@ -308,13 +317,7 @@ def test_dropless_expert_parallel_matches_single_device_with_gradients():
             layer = build.moe(small_cfg(e=8, mode="dropless"), rngs=nnx.Rngs(0))
             want_y, _ = layer(x, mask)
             want_l, (want_g, want_gx) = grad(layer, x, mask, r)
-            axes = ("data", "fsdp", "tensor", "expert")
-            mesh = jax.make_mesh(shape, axes, axis_types=(jax.sharding.AxisType.Auto,) * 4)
-            with jax.set_mesh(mesh):
-                for _, var in nnx.iter_graph(layer):
-                    if isinstance(var, nnx.Param):
-                        spec = logical_to_mesh(var.get_metadata()["out_sharding"])
-                        var.value = jax.device_put(var[...], jax.NamedSharding(mesh, spec))
+            with jax.set_mesh(on_mesh(layer, shape)):
                 f = nnx.jit(lambda l, x, m: l(x, m))
                 got_y, _ = f(layer, x, mask)
                 hlo = f.lower(layer, x, mask).compile().as_text()
@@ -329,9 +332,4 @@ def test_dropless_expert_parallel_matches_single_device_with_gradients():
             assert "f32[2,16,8]" in hlo and "f32[8,16,8]" not in hlo  # [E / 4, D, F] per device
         print("OK")
     """)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+    run_on_cpu_devices(script, 8)
