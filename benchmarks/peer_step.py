@@ -16,7 +16,11 @@ Each side runs in its own worker process (this script with --worker), and the pa
 take one step each in turn, so machine load hits both alike while neither shares a heap or
 thread pool with the other; the figures are medians. (In one process, our MoE step measured
 10.4 s after torch steps against 7.4 s alone: the two frameworks' allocators and thread pools
-interfere.) Workers set OMP_WAIT_POLICY=PASSIVE, so an idle torch worker does not spin. Model FLOPs per step use one formula for both sides:
+interfere.) Workers set OMP_WAIT_POLICY=PASSIVE, so an idle torch worker does not spin.
+Our worker runs with glibc.malloc.hugetlb=1, as launch/setup_env.sh sets for every mm1_jax
+command: XLA:CPU allocates a step's temporaries afresh and 4 KiB pages fault in again each step.
+Theirs runs without it by default: the same tunable made the torch step slower here (9.2-9.6 s
+against 7.8-8.1 s, dense, 2026-11-22); `--hugetlb ours,theirs` or `--hugetlb ''` to compare. Model FLOPs per step use one formula for both sides:
 6 x (matmul parameters) + 12 x layers x seq x width per token (attention, unmasked count), for
 the ViT the same per patch token. Each side's FLOP/s is divided by its own framework's 2048^3
 float32 matmul measured in the same run.
@@ -221,6 +225,14 @@ def torch_matmul_flops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best
 
 
+def thp_mode() -> str:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return f.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return "unknown"
+
+
 def timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -251,11 +263,20 @@ def worker(case: str, side: str, args) -> None:
         print(f"{timed(step):.6f}", flush=True)
 
 
+def hugetlb_tunables(on: bool) -> str:
+    """GLIBC_TUNABLES for a worker: the caller's, with malloc's transparent huge pages on or off."""
+    keep = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":")
+            if t and not t.startswith("glibc.malloc.hugetlb")]
+    return ":".join(keep + [f"glibc.malloc.hugetlb={int(on)}"])
+
+
 class Worker:
     def __init__(self, case: str, side: str, args):
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--cases", case,
                "--moe_mode", args.moe_mode, "--threads", str(args.threads)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        env = dict(os.environ, GLIBC_TUNABLES=hugetlb_tunables(side in args.hugetlb.split(",")))
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=env)
         self._read()  # "ready": built and compiled
 
     def _read(self) -> str:
@@ -281,6 +302,9 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--moe_mode", default="capacity", choices=("capacity", "dropless"))
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--hugetlb", default="ours",
+                   help="sides (ours,theirs) whose worker runs with glibc.malloc.hugetlb=1; "
+                        "'' for neither (module docstring)")
     p.add_argument("--worker", choices=("ours", "theirs"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -292,7 +316,8 @@ def main():
     torch.manual_seed(0)
     print(header("train step against Hugging Face (benchmarks/peer_step.py)"))
     print(f"# torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"{args.threads} torch threads; load average before: {os.getloadavg()[0]:.1f}")
+          f"{args.threads} torch threads; load average before: {os.getloadavg()[0]:.1f}; "
+          f"malloc huge pages (THP {thp_mode()}): {args.hugetlb or 'neither'}")
     mm_jax, mm_torch = measure_matmul_flops(), torch_matmul_flops()
     rows = []
     for name in args.cases.split(","):

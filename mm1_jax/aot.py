@@ -173,13 +173,13 @@ def reduced_depth(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """`cfg` with one decoder period and one ViT block, no remat and XLA attention: every scan
     runs once and no kernel is opaque (`cost_analysis()` counts nothing inside the splash
     kernel's custom call), so the compiler's FLOP count is exact (see module doc). One
-    micro-batch (`grad_accum` 1: the micro-batch loop is a scan too). Widths, batch and mesh are
-    unchanged."""
+    micro-batch (`grad_accum` 1: the micro-batch loop is a scan too), and the fused head loss in
+    one chunk (its chunks are a scan). Widths, batch and mesh are unchanged."""
     cfg = cfg.copy_and_resolve_references()
     cfg.model.decoder.depth = moe_period(cfg.model.moe)
     cfg.model.vision.depth, cfg.model.vision.feature_layer = 1, -1
     cfg.model.remat, cfg.model.attention = "none", "xla"
-    cfg.train.grad_accum = 1
+    cfg.train.grad_accum, cfg.model.loss_chunks = 1, min(cfg.model.loss_chunks, 1)
     return cfg
 
 

@@ -59,6 +59,11 @@ def base_config() -> ml_collections.ConfigDict:
     # not. How small it may be depends on the rows per chip (benchmarks/data_mixture.py
     # --groups). Evaluation and generation always encode every image.
     c.model.image_budget = config_dict.placeholder(float)
+    # Training only: the LM head and its cross-entropy run fused, in this many chunks of the
+    # sequence (the largest count <= this dividing train.seq_len), each chunk's logits turned
+    # into its gradients at once, so no [batch, seq, vocab] logits are kept
+    # (mm1_jax/models/head_loss.py). 0: the plain path, full logits then cross-entropy.
+    c.model.loss_chunks = 4
 
     v = c.model.vision = ml_collections.ConfigDict()
     v.image_size = 336  # MM1 ablations: ViT-L/14 at 336 (section 3.2)

@@ -18,12 +18,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from mm1_jax.config import expert_mlp_dim, moe_layer_ids, moe_period
 from mm1_jax.models import layers
 from mm1_jax.models.attention import attention_mask, packed_attention
+from mm1_jax.models.head_loss import chunk_count, linear_cross_entropy
 from mm1_jax.models.moe import MoEFeedForward
 from mm1_jax.sharding import constrain
 
@@ -153,7 +155,8 @@ class Decoder(nnx.Module):
     for placeholders between `embed_tokens` and the blocks.
 
     d: `cfg.model.decoder`; moe: `cfg.model.moe` (num_experts 0 = dense); remat: the policy
-    name applied to every scanned period; attention: `cfg.model.attention`.
+    name applied to every scanned period; attention: `cfg.model.attention`; loss_chunks:
+    `cfg.model.loss_chunks`, how `head_loss` computes the training loss.
 
     The output projection runs in float32 (its inputs and weights cast up): the logits feed a
     float32 cross-entropy over the whole vocabulary, and producing them in bf16 first would round
@@ -161,9 +164,9 @@ class Decoder(nnx.Module):
     """
 
     def __init__(self, d: ml_collections.ConfigDict, moe: ml_collections.ConfigDict, *, dtype,
-                 param_dtype, remat: str, attention: str, rngs: nnx.Rngs):
+                 param_dtype, remat: str, attention: str, rngs: nnx.Rngs, loss_chunks: int = 0):
         dt, pdt = dtype, param_dtype
-        self.dtype, self.remat_policy = dt, remat
+        self.dtype, self.remat_policy, self.loss_chunks = dt, remat, loss_chunks
         self.tie = d.tie_embeddings
         self.real_vocab = d.real_vocab_size if d.real_vocab_size is not None else d.vocab_size
         self.embed = layers.param(rngs, nnx.initializers.normal(0.02), (d.vocab_size, d.width),
@@ -187,9 +190,15 @@ class Decoder(nnx.Module):
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
                  train: bool = True):
         """x: [b, t, d] input embeddings -> (logits [b, t, V], per-period MoE stats)."""
-        logits, stats, _ = self._forward(x, positions, segment_ids, segment_ids != 0, train,
-                                         None, None)
-        return logits, stats
+        h, stats = self.features(x, positions, segment_ids, train)
+        return self.head(h), stats
+
+    def features(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
+                 train: bool = True):
+        """x: [b, t, d] input embeddings -> (the final normed hidden states [b, t, d] that
+        `head` projects, per-period MoE stats)."""
+        x, stats, _ = self._blocks(x, positions, segment_ids, segment_ids != 0, train, None, None)
+        return self.final_norm(x), stats
 
     def init_cache(self, batch: int, length: int, dtype=None):
         """An empty KV cache (k, v), each [periods, blocks, batch, length, kv_heads, head_dim]."""
@@ -237,8 +246,7 @@ class Decoder(nnx.Module):
                       train: bool = False) -> jax.Array:
         """The final normed hidden states [b, t, d] that `head` projects (HF's last
         `hidden_states`), for comparisons with reference implementations."""
-        x, _, _ = self._blocks(x, positions, segment_ids, segment_ids != 0, train, None, None)
-        return self.final_norm(x)
+        return self.features(x, positions, segment_ids, train)[0]
 
     def head(self, x: jax.Array) -> jax.Array:
         """Hidden states [b, t, d] -> float32 logits [b, t, V] (padding rows masked)."""
@@ -251,3 +259,15 @@ class Decoder(nnx.Module):
             real = jnp.arange(logits.shape[-1]) < self.real_vocab
             logits = jnp.where(real, logits, jnp.finfo(logits.dtype).min)
         return constrain(logits, ("batch", "seq", "vocab"))
+
+    def head_loss(self, h: jax.Array, targets: jax.Array, weights: jax.Array):
+        """(sum of weights x cross-entropy, cross-entropy [b, t]) of `head(h)` against targets
+        [b, t]; weights [b, t] are data (not differentiated), and only the sum carries a
+        gradient. By `loss_chunks` (class docstring): fused and chunked, or from full logits."""
+        if self.loss_chunks:
+            w = self.embed[...] if self.tie else self.lm_head.kernel[...]
+            return linear_cross_entropy(h, w, targets, weights,
+                                        chunks=chunk_count(self.loss_chunks, h.shape[1]),
+                                        real_vocab=self.real_vocab, vocab_major=self.tie)
+        ce = optax.softmax_cross_entropy_with_integer_labels(self.head(h), targets)
+        return (ce * weights).sum(), jax.lax.stop_gradient(ce)

@@ -110,7 +110,7 @@ def decoder(m: ml_collections.ConfigDict, rngs: nnx.Rngs) -> Decoder:
     """The decoder of `m` (`cfg.model`) from `m.decoder`, `m.moe` and `m.attention`."""
     dt, pdt = layers.dtypes(m)
     return Decoder(m.decoder, m.moe, dtype=dt, param_dtype=pdt, remat=m.remat,
-                   attention=m.attention, rngs=rngs)
+                   attention=m.attention, loss_chunks=m.loss_chunks, rngs=rngs)
 
 
 # Each component on its own (converters, tests), built exactly as MM1Model builds it.
@@ -187,6 +187,12 @@ class MM1Model(nnx.Module):
 
         Returns (logits [b, s, V], aux); see mm1_jax.train for how aux enters the loss.
         """
+        h, aux = self.features(batch, train)
+        return self.decoder.head(h), aux
+
+    def features(self, batch: dict, train: bool = True):
+        """As `__call__`, but (the decoder's final normed hidden states [b, s, d], aux): the
+        training loss projects them itself (`Decoder.head_loss`)."""
         tokens, image_mask = batch["tokens"], batch["image_mask"]
         mismatch = placeholder_mismatch(tokens, image_mask, self.image_token_id, self.tokens_per_image)
         if not isinstance(mismatch, jax.core.Tracer) and np.any(np.asarray(mismatch)):
@@ -198,7 +204,7 @@ class MM1Model(nnx.Module):
 
         # The image budget is a training economy; evaluation encodes every image.
         x, over = self.embed_inputs(tokens, batch.get("images"), image_mask if train else None)
-        logits, stats = self.decoder(x, batch["positions"], batch["segment_ids"], train=train)
+        h, stats = self.decoder.features(x, batch["positions"], batch["segment_ids"], train=train)
 
         aux = {"data/placeholder_mismatch": (mismatch != 0).sum().astype(jnp.int32),
                "data/images_over_budget": over}
@@ -215,4 +221,4 @@ class MM1Model(nnx.Module):
                 "moe/expert_load": stats["expert_load"],
                 "moe/dropped_fraction": stats["dropped_fraction"],
             })
-        return logits, aux
+        return h, aux

@@ -43,10 +43,11 @@ def _loss(params, batch: dict, num_loss_tokens: jax.Array, *, recipe, accum: int
     if frozen:  # frozen parameters get no gradient at all (XLA then skips their backward)
         params = map_paths(lambda p, x: jax.lax.stop_gradient(x) if p in frozen else x, params)
     model = nnx.merge(recipe.graphdef, params)
-    logits, aux = model(batch, train=True)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
-                                                         batch["targets"])  # [b, s]
+    h, aux = model.features(batch, train=True)
     mask = batch["loss_mask"].astype(jnp.float32)
+    # The head and cross-entropy fused by `model.loss_chunks` (Decoder.head_loss); ce [b, s]
+    # is for the metrics below and carries no gradient.
+    ce_loss, ce = model.decoder.head_loss(h, batch["targets"], mask / num_loss_tokens)
     aux_loss = aux["moe/aux_loss"].astype(jnp.float32)
     sums = {
         "ce_sum": (ce * mask).sum(),
@@ -63,7 +64,7 @@ def _loss(params, batch: dict, num_loss_tokens: jax.Array, *, recipe, accum: int
     for key in MOE_MEANS:
         if key in aux:
             sums[key] = aux[key].astype(jnp.float32) / accum
-    return sums["ce_sum"] / num_loss_tokens + aux_loss / accum, sums
+    return ce_loss + aux_loss / accum, sums
 
 
 def _micro_batches(batch: dict, accum: int) -> dict:

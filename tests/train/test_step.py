@@ -58,6 +58,20 @@ def test_gradient_accumulation_is_the_same_objective(demo_cfg):
         np.testing.assert_allclose(x, flatten_paths(accum["params"])[p], atol=2e-5, err_msg=p)
 
 
+def test_fused_head_loss_is_the_plain_objective(demo_cfg):
+    # model.loss_chunks: the chunked, fused head + cross-entropy against full logits then optax.
+    batches = [make_global_batch(demo_cfg, 0, i) for i in range(2)]
+    demo_cfg.model.loss_chunks = 0
+    _, plain, m_plain = _steps(demo_cfg, batches)
+    demo_cfg.model.loss_chunks = 4
+    _, fused, m_fused = _steps(demo_cfg, batches)
+    for a, b in zip(m_plain, m_fused):
+        for key in ("loss/total", "loss/ce", "loss/caption", "loss/text", "opt/grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=2e-5), key
+    for p, x in flatten_paths(plain["params"]).items():
+        np.testing.assert_allclose(x, flatten_paths(fused["params"])[p], atol=2e-5, err_msg=p)
+
+
 def test_non_finite_step_is_skipped_and_counted(demo_cfg):
     good = make_global_batch(demo_cfg, 0, 0)
     bad = make_global_batch(demo_cfg, 0, 1)
