@@ -1,6 +1,6 @@
 """Our train step against Hugging Face `transformers` at equal dimensions, in one run.
 
-    python benchmarks/peer_step.py [--cases dense,moe,clip] [--runs 5] [--threads N]
+    python benchmarks/peer_step.py [--cases dense,moe,clip] [--runs 6] [--block 3] [--threads N]
 
 Cases (float32 on both sides, AdamW with the same betas, eps, weight decay and clipping):
 - dense: Llama-style decoder, d512, 8 layers, 8 heads, SwiGLU 1408, vocab 32,000, 8 x 512 tokens;
@@ -13,8 +13,12 @@ Cases (float32 on both sides, AdamW with the same betas, eps, weight decay and c
   of the last hidden states; ours `VisionEncoder`, theirs `CLIPVisionModel`.
 
 Each side runs in its own worker process (this script with --worker), and the parent has them
-take one step each in turn, so machine load hits both alike while neither shares a heap or
-thread pool with the other; the figures are medians. (In one process, our MoE step measured
+take turns of `--block` steps each, so machine load hits both alike while neither shares a heap
+or thread pool with the other; the figures are medians of every timed step. A turn of one step
+each (`--block 1`) costs our side more than machine load: the first step after the torch worker
+has run spends 5-9 s of kernel time re-faulting the ~4 GB of temporaries XLA:CPU allocates
+afresh each step (against about 1 s after a step of its own; /proc/<pid>/stat, 2026-11-22),
+which a training run, alone on its machine, never pays; BENCHMARKS.md gives both figures. (In one process, our MoE step measured
 10.4 s after torch steps against 7.4 s alone: the two frameworks' allocators and thread pools
 interfere.) Workers set OMP_WAIT_POLICY=PASSIVE, so an idle torch worker does not spin.
 Our worker runs with glibc.malloc.hugetlb=1, as launch/setup_env.sh sets for every mm1_jax
@@ -298,7 +302,9 @@ class Worker:
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cases", default="dense,moe,clip")
-    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--runs", type=int, default=6, help="timed steps per side")
+    p.add_argument("--block", type=int, default=3,
+                   help="steps a side takes in a row before the other's turn (module docstring)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--moe_mode", default="capacity", choices=("capacity", "dropless"))
     p.add_argument("--threads", type=int, default=os.cpu_count())
@@ -316,7 +322,8 @@ def main():
     torch.manual_seed(0)
     print(header("train step against Hugging Face (benchmarks/peer_step.py)"))
     print(f"# torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"{args.threads} torch threads; load average before: {os.getloadavg()[0]:.1f}; "
+          f"{args.threads} torch threads; turns of {args.block} steps, {args.runs} timed per "
+          f"side; load average before: {os.getloadavg()[0]:.1f}; "
           f"malloc huge pages (THP {thp_mode()}): {args.hugetlb or 'neither'}")
     mm_jax, mm_torch = measure_matmul_flops(), torch_matmul_flops()
     rows = []
@@ -327,9 +334,10 @@ def main():
             ours.step()
             theirs.step()
         t_ours, t_theirs = [], []
-        for _ in range(args.runs):
-            t_ours.append(ours.step())
-            t_theirs.append(theirs.step())
+        while len(t_ours) < args.runs:
+            n = min(args.block, args.runs - len(t_ours))
+            t_ours += [ours.step() for _ in range(n)]
+            t_theirs += [theirs.step() for _ in range(n)]
         ours.close()
         theirs.close()
         a, b, f = statistics.median(t_ours), statistics.median(t_theirs), flops()
