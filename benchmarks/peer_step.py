@@ -17,8 +17,11 @@ take turns of `--block` steps each, so machine load hits both alike while neithe
 or thread pool with the other; the figures are medians of every timed step. A turn of one step
 each (`--block 1`) costs our side more than machine load: the first step after the torch worker
 has run spends 5-9 s of kernel time re-faulting the ~4 GB of temporaries XLA:CPU allocates
-afresh each step (against about 1 s after a step of its own; /proc/<pid>/stat, 2026-11-22),
-which a training run, alone on its machine, never pays; BENCHMARKS.md gives both figures. (In one process, our MoE step measured
+afresh each step (against 0.2-0.3 s after a step of its own; /proc/<pid>/stat, 2026-11-22),
+which a training run, alone on its machine, never pays; BENCHMARKS.md gives both figures.
+With `--jemalloc /usr/lib/x86_64-linux-gnu/libjemalloc.so.2` (Debian's libjemalloc2) our worker
+runs on jemalloc told to keep its pages (JEMALLOC_CONF), reuses the temporaries, and spends no
+kernel time on them even in turns of one step (README, "CPU runs"). (In one process, our MoE step measured
 10.4 s after torch steps against 7.4 s alone: the two frameworks' allocators and thread pools
 interfere.) Workers set OMP_WAIT_POLICY=PASSIVE, so an idle torch worker does not spin.
 Our worker runs with glibc.malloc.hugetlb=1, as launch/setup_env.sh sets for every mm1_jax
@@ -267,6 +270,10 @@ def worker(case: str, side: str, args) -> None:
         print(f"{timed(step):.6f}", flush=True)
 
 
+# jemalloc keeping every page it has mapped: the step's temporaries are reused, never re-faulted.
+JEMALLOC_CONF = "retain:true,dirty_decay_ms:-1,muzzy_decay_ms:-1"
+
+
 def hugetlb_tunables(on: bool) -> str:
     """GLIBC_TUNABLES for a worker: the caller's, with malloc's transparent huge pages on or off."""
     keep = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":")
@@ -279,6 +286,8 @@ class Worker:
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--cases", case,
                "--moe_mode", args.moe_mode, "--threads", str(args.threads)]
         env = dict(os.environ, GLIBC_TUNABLES=hugetlb_tunables(side in args.hugetlb.split(",")))
+        if args.jemalloc and side in args.jemalloc_sides.split(","):
+            env.update(LD_PRELOAD=args.jemalloc, MALLOC_CONF=JEMALLOC_CONF)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      env=env)
         self._read()  # "ready": built and compiled
@@ -311,6 +320,10 @@ def main():
     p.add_argument("--hugetlb", default="ours",
                    help="sides (ours,theirs) whose worker runs with glibc.malloc.hugetlb=1; "
                         "'' for neither (module docstring)")
+    p.add_argument("--jemalloc", default="",
+                   help="path of libjemalloc.so.2 to preload, keeping its pages "
+                        "(JEMALLOC_CONF; module docstring)")
+    p.add_argument("--jemalloc_sides", default="ours", help="sides that --jemalloc preloads into")
     p.add_argument("--worker", choices=("ours", "theirs"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -324,7 +337,8 @@ def main():
     print(f"# torch {torch.__version__}, transformers {transformers.__version__}, "
           f"{args.threads} torch threads; turns of {args.block} steps, {args.runs} timed per "
           f"side; load average before: {os.getloadavg()[0]:.1f}; "
-          f"malloc huge pages (THP {thp_mode()}): {args.hugetlb or 'neither'}")
+          f"malloc huge pages (THP {thp_mode()}): {args.hugetlb or 'neither'}; "
+          f"jemalloc: {args.jemalloc and args.jemalloc_sides or 'no'}")
     mm_jax, mm_torch = measure_matmul_flops(), torch_matmul_flops()
     rows = []
     for name in args.cases.split(","):
