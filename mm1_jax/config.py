@@ -23,6 +23,7 @@ VISION_ACTS = ("quick_gelu", "gelu")
 MOE_MODES = ("capacity", "dropless")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attn_out")
 ATTENTIONS = ("auto", "xla", "splash", "cudnn")  # model.attention (mm1_jax/models/attention.py)
+GROUPED_MATMULS = ("auto", "xla", "megablox")  # model.moe.grouped_matmul (mm1_jax/models/moe.py)
 CUDNN_DTYPES = ("bfloat16", "float16")  # the compute dtypes of cuDNN's flash attention
 DTYPES = ("float32", "bfloat16", "float16")
 MESH_AXES = ("data", "fsdp", "tensor", "expert")
@@ -117,6 +118,9 @@ def base_config() -> ml_collections.ConfigDict:
     m.expert_mlp_dim = config_dict.placeholder(int)  # defaults to decoder.mlp_dim
     m.capacity_factor = 1.25  # training capacity factor (GShard); inference never drops
     m.mode = "capacity"  # training: "capacity" (index dispatch, drops over capacity) or "dropless"
+    # One of GROUPED_MATMULS: the dropless path's grouped matmul (inference always runs it).
+    # "auto": JAX's Pallas megablox kernel on TPU, `jax.lax.ragged_dot` elsewhere.
+    m.grouped_matmul = "auto"
     m.load_balance_coef = 0.01  # MM1 section 4
     m.z_loss_coef = 0.001  # MM1 section 4 (ST-MoE router z-loss)
     m.group_size = 4096  # tokens per routing group for the capacity path
@@ -341,6 +345,8 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _require(m.every >= 1 and d.depth % m.every == 0, "model.moe.every",
                  f"MoE period {m.every} does not divide decoder depth {d.depth}")
         _require(m.mode in MOE_MODES, "model.moe.mode", f"{m.mode!r} is not one of {MOE_MODES}")
+        _require(m.grouped_matmul in GROUPED_MATMULS, "model.moe.grouped_matmul",
+                 f"{m.grouped_matmul!r} is not one of {GROUPED_MATMULS}")
         _require(m.capacity_factor > 0, "model.moe.capacity_factor", "must be positive")
 
     mix = cfg.data.mixture

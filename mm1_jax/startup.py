@@ -28,7 +28,7 @@ from mm1_jax import sharding
 from mm1_jax.config import ConfigError, validate
 from mm1_jax.data import pipeline
 from mm1_jax.data.tokenizer import SpecialIds, Tokenizer, TokenizerError
-from mm1_jax.models import attention
+from mm1_jax.models import attention, moe
 from mm1_jax.models.mm1 import MM1Model
 from mm1_jax.models.stats import ModelStats, model_stats
 
@@ -114,7 +114,8 @@ def check_evals(cfg: ml_collections.ConfigDict) -> None:
 
 def check_devices(cfg: ml_collections.ConfigDict, mesh: Mesh) -> None:
     """The global batch splits over the processes, the mesh's data parallelism and the
-    gradient-accumulation micro-batches; the attention kernel runs on the mesh's devices."""
+    gradient-accumulation micro-batches; the attention and grouped-matmul kernels run on the
+    mesh's devices."""
     b, accum, dp = cfg.train.batch_size, cfg.train.grad_accum, sharding.data_parallel_size(mesh)
     if b % (dp * accum):
         axes = " x ".join(f"{a}={mesh.shape[a]}" for a in sharding.BATCH_MESH_AXES)
@@ -124,11 +125,15 @@ def check_devices(cfg: ml_collections.ConfigDict, mesh: Mesh) -> None:
     if b % jax.process_count():
         raise ConfigError(f"config.train.batch_size: {b} does not split over "
                           f"{jax.process_count()} processes")
+    where = mesh.devices.flat[0].platform
     try:
-        attention.implementation(cfg.model.attention, mesh.devices.flat[0].platform,
-                                 cfg.model.dtype)
+        attention.implementation(cfg.model.attention, where, cfg.model.dtype)
     except ValueError as e:
         raise ConfigError(f"config.model.attention: {e}") from None
+    try:
+        moe.grouped_matmul(cfg.model.moe.grouped_matmul, where)
+    except ValueError as e:
+        raise ConfigError(f"config.model.moe.grouped_matmul: {e}") from None
 
 
 def start(cfg: ml_collections.ConfigDict, *, devices: Sequence[Any] | None = None,

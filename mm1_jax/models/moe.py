@@ -14,11 +14,22 @@ Two execution paths, selected by `cfg.model.moe.mode`:
   the layer costs what its matmuls cost (benchmarks/moe_layer.py). A dropped assignment
   contributes 0; a token whose choices all drop outputs 0 and is carried by the residual.
 - "dropless": (token, choice) assignments are sorted by expert and the expert matmuls run as
-  `jax.lax.ragged_dot` over the per-expert counts; nothing is dropped. On a mesh with an
-  `expert` axis the path is expert-parallel under `shard_map`: each device keeps its experts'
-  weights, and tokens travel to their experts and back by all-to-all (`_expert_parallel`).
-  On CPU, XLA lowers ragged_dot to a masked dense dot costing E times the FLOPs
-  (benchmarks/results/moe.md); GPU and TPU have grouped-matmul kernels.
+  grouped matmuls over the per-expert counts; nothing is dropped. On a mesh with an `expert`
+  axis the path is expert-parallel under `shard_map`: each device keeps its experts' weights,
+  and tokens travel to their experts and back by all-to-all (`_expert_parallel`).
+
+The grouped matmul, `cfg.model.moe.grouped_matmul`:
+- "xla": `jax.lax.ragged_dot`. XLA:CPU lowers it to a masked dense dot costing E times the
+  FLOPs (benchmarks/results/moe.md); XLA:GPU has a grouped kernel.
+- "megablox": JAX's Pallas TPU grouped matmul (`jax.experimental.pallas.ops.tpu.megablox.gmm`,
+  its backward the kernel's own transposed and weight-gradient `tgmm` calls). The kernel sees
+  one device's rows: on a mesh without an expert split the layer runs under `shard_map` over
+  the batch axes, each device with every expert's weights. On CPU it runs in Pallas interpret
+  mode (slow; for tests). Its grid runs over the tiles of filled groups only (a count known at
+  run time), so rows past the groups, such as the empty tail of the expert-parallel receive
+  buffers, cost no FLOPs; its cost estimate, which `cost_analysis()` reports, counts them.
+- "auto": megablox on TPU, xla elsewhere. (libtpu runs "xla"'s ragged_dot as its own kernel,
+  but on a mesh without an expert split GSPMD gives every chip all the rows: BENCHMARKS.md.)
 
 Inference (`train=False`: generation, perplexity, evaluation) always takes the dropless path,
 whatever the mode: capacity couples the rows of a batch (they compete for the same slots), and a
@@ -52,14 +63,32 @@ import ml_collections
 from flax import nnx
 from jax.sharding import PartitionSpec
 
+from jax.experimental.pallas.ops.tpu.megablox import gmm as megablox_gmm
+
 from mm1_jax.models import layers
+from mm1_jax.models.attention import platform
 from mm1_jax.sharding import constrain, spec_for
+
+# megablox tile sizes (rows, contraction, output), each capped at its dimension; rows pad to a
+# multiple of the row tile.
+MEGABLOX_TILES = (512, 1024, 1024)
 
 
 def group_shape(num_tokens: int, group_size: int) -> tuple[int, int]:
     """(groups, tokens per group) for `num_tokens` tokens; groups * size - num_tokens < groups."""
     groups = -(-num_tokens // max(1, min(group_size, num_tokens)))
     return groups, -(-num_tokens // groups)
+
+
+def grouped_matmul(requested: str, platform: str) -> str:
+    """The kernel `cfg.model.moe.grouped_matmul` = `requested` runs as on `platform`;
+    ValueError where it cannot run there (start-up turns that into a ConfigError)."""
+    if requested == "auto":
+        return "megablox" if platform == "tpu" else "xla"
+    if requested == "megablox" and platform not in ("tpu", "cpu"):
+        raise ValueError(f"'megablox' is a Pallas TPU kernel and the devices are {platform}; "
+                         "use 'auto' or 'xla'")
+    return requested
 
 
 def capacity(tokens_per_group: int, num_experts: int, top_k: int, factor: float) -> int:
@@ -81,6 +110,7 @@ class MoEFeedForward(nnx.Module):
         self.num_experts, self.top_k = e, m.top_k
         self.mode, self.group_size = m.mode, m.group_size
         self.capacity_factor = m.capacity_factor
+        self.grouped_matmul = m.get("grouped_matmul", "auto")
         # fan_in is D for wi and F for wo; the leading expert axis is a batch axis, not a fan.
         expert_init = nnx.initializers.variance_scaling(
             1.0, "fan_in", "truncated_normal", in_axis=1, out_axis=2, batch_axis=(0,))
@@ -199,12 +229,21 @@ class MoEFeedForward(nnx.Module):
         n_ep = 1 if mesh is None or mesh.empty else dict(mesh.shape).get("expert", 1)
         w = tuple(p[...].astype(self.dtype) for p in (self.wi_0, self.wi_1, self.wo))
         x = x.astype(self.dtype)
-        if n_ep == 1 or self.num_experts % n_ep:
-            return _grouped_experts(x, mask, top_i, gates, w, self.num_experts)
+        where = platform()
+        impl = grouped_matmul(self.grouped_matmul, where)
+        dot = functools.partial(_ragged_dot, impl=impl, interpret=where != "tpu")
+        expert_parallel = n_ep > 1 and self.num_experts % n_ep == 0
+        if mesh is None or mesh.empty or (impl == "xla" and not expert_parallel):
+            return _grouped_experts(x, mask, top_i, gates, w, num_experts=self.num_experts, dot=dot)
         tokens = spec_for(x.shape, ("batch", None), mesh)
         per_token = spec_for(top_i.shape, ("batch", None), mesh)
-        experts = PartitionSpec("expert", None, None)
-        body = functools.partial(_expert_parallel, num_experts=self.num_experts, n_ep=n_ep)
+        if expert_parallel:
+            body = functools.partial(_expert_parallel, num_experts=self.num_experts, n_ep=n_ep,
+                                     dot=dot)
+            experts = PartitionSpec("expert", None, None)
+        else:  # a Pallas kernel sees local arrays: each device its rows, with every expert
+            body = functools.partial(_grouped_experts, num_experts=self.num_experts, dot=dot)
+            experts = PartitionSpec()
         return jax.shard_map(body, mesh=mesh, in_specs=(tokens, PartitionSpec(per_token[0]), per_token,
                                                         per_token, (experts,) * 3),
                              out_specs=tokens, check_vma=False)(x, mask, top_i, gates, w)
@@ -234,12 +273,30 @@ def _inverse(order):
     return jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype))
 
 
-def _swiglu_ragged(xs, w, sizes):
-    """SwiGLU of rows sorted by expert: `jax.lax.ragged_dot` over the group sizes (grouped
-    matmul kernels on GPU and TPU; on CPU a masked dense dot costing E times the FLOPs)."""
+def _ragged_dot(x, w, sizes, *, impl: str, interpret: bool):
+    """Grouped matmul of rows sorted by group: x [n, k], w [e, k, h], sizes [e] int32 -> [n, h],
+    row r of group i times w[i]; rows past sum(sizes) are 0 (module docstring: impl)."""
+    if impl == "xla":
+        return jax.lax.ragged_dot(x, w, sizes)
+    n = x.shape[0]
+    # The kernel leaves rows past the groups unwritten, forward and backward (its dx): select
+    # them away on both sides, so no stale value reaches a gradient.
+    valid = (jnp.arange(n) < sizes.sum())[:, None]
+    tm = min(MEGABLOX_TILES[0], -(-n // 128) * 128)
+    tiling = (tm, min(MEGABLOX_TILES[1], x.shape[1]), min(MEGABLOX_TILES[2], w.shape[2]))
+    xp = jnp.pad(jnp.where(valid, x, 0), ((0, -n % tm), (0, 0)))
+    # Positional: the custom_vjp's non-differentiable arguments (dtype, tiling, transpose_rhs,
+    # interpret) cannot be keywords.
+    y = megablox_gmm(xp, w, sizes, x.dtype, tiling, None, None, False, interpret)
+    return jnp.where(valid, y[:n], 0)
+
+
+def _swiglu_ragged(xs, w, sizes, dot):
+    """SwiGLU of rows sorted by expert, `dot` (`_ragged_dot` with its kernel) over the group
+    sizes."""
     w0, w1, wo = w
-    h = jax.nn.silu(jax.lax.ragged_dot(xs, w0, sizes)) * jax.lax.ragged_dot(xs, w1, sizes)
-    return jax.lax.ragged_dot(h, wo, sizes)
+    h = jax.nn.silu(dot(xs, w0, sizes)) * dot(xs, w1, sizes)
+    return dot(h, wo, sizes)
 
 
 def _combine(ys, order, mask, gates, k):
@@ -250,21 +307,21 @@ def _combine(ys, order, mask, gates, k):
     return jnp.einsum("tkm,tk->tm", yk, gates.astype(ys.dtype))
 
 
-def _grouped_experts(x, mask, top_i, gates, w, num_experts):
-    """All experts on this device: sort assignments by expert, three ragged_dots, unsort."""
+def _grouped_experts(x, mask, top_i, gates, w, *, num_experts, dot):
+    """All experts on this device: sort assignments by expert, three grouped matmuls, unsort."""
     k = top_i.shape[1]
     order, sizes = _sort_by_expert(mask, top_i, num_experts)
-    return _combine(_swiglu_ragged(x[order // k], w, sizes), order, mask, gates, k)
+    return _combine(_swiglu_ragged(x[order // k], w, sizes, dot), order, mask, gates, k)
 
 
-def _expert_parallel(x, mask, top_i, gates, w, *, num_experts, n_ep):
+def _expert_parallel(x, mask, top_i, gates, w, *, num_experts, n_ep, dot):
     """One device's part of the dropless layer under `shard_map` (experts split over the mesh
     `expert` axis into n_ep shards of E / n_ep; tokens split over the batch axes).
 
     Each device sorts its own assignments by expert and sends shard j the rows for j's experts
     with one all-to-all over `expert`; a shard receives at most every peer's every assignment,
     so the fixed-size buffers ([n_ep, n, m] for n local assignments) never drop. The receiver
-    regroups the rows by its local expert, runs them with ragged_dot, and a second all-to-all
+    regroups the rows by its local expert, runs them with `dot`, and a second all-to-all
     returns them in the order they came. (`jax.lax.ragged_all_to_all` would send only the filled
     rows; XLA:CPU does not implement it, and this path must run in CI.)
     """
@@ -287,7 +344,7 @@ def _expert_parallel(x, mask, top_i, gates, w, *, num_experts, n_ep):
     ends = jnp.cumsum(recv_sizes, axis=-1)  # [n_ep, local]
     expert_of = jax.vmap(lambda e: jnp.searchsorted(e, row, side="right"))(ends)  # [n_ep, n]
     regroup = jnp.argsort(expert_of.reshape(-1), stable=True)
-    ys = _swiglu_ragged(recv.reshape(n_ep * n, -1)[regroup], w, recv_sizes.sum(0))
+    ys = _swiglu_ragged(recv.reshape(n_ep * n, -1)[regroup], w, recv_sizes.sum(0), dot)
     back = jax.lax.all_to_all(ys[_inverse(regroup)].reshape(n_ep, n, -1), "expert", 0, 0,
                               tiled=True)  # block j: what shard j computed for our rows
     dest = jnp.searchsorted(jnp.cumsum(send_n), row, side="right")  # shard of sorted row r

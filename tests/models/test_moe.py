@@ -23,13 +23,13 @@ def call(layer, x, mask, train=True):
     return layer(x, mask, train=train)
 
 
-def small_cfg(d=16, e=4, f=8, group_size=10, factor=1.25, mode="capacity"):
+def small_cfg(d=16, e=4, f=8, group_size=10, factor=1.25, mode="capacity", grouped_matmul="auto"):
     c = base_config()
     c.model.dtype = "float32"
     c.model.decoder.width = d
     m = c.model.moe
     m.num_experts, m.expert_mlp_dim, m.group_size = e, f, group_size
-    m.capacity_factor, m.mode = factor, mode
+    m.capacity_factor, m.mode, m.grouped_matmul = factor, mode, grouped_matmul
     return c
 
 
@@ -303,7 +303,8 @@ def test_expert_parallel_mesh_matches_single_device():
 def test_dropless_expert_parallel_matches_single_device_with_gradients():
     """Dropless under an (fsdp=2, expert=4) mesh of CPU devices: the shard_map + all-to-all
     path gives the single-device outputs and gradients, and each device holds only its own
-    experts' weights (2 of 8), never all of them."""
+    experts' weights (2 of 8), never all of them; with either grouped matmul (megablox in
+    Pallas interpret mode)."""
     script = textwrap.dedent("""
         import jax, jax.numpy as jnp, numpy as np
         from flax import nnx
@@ -313,8 +314,9 @@ def test_dropless_expert_parallel_matches_single_device_with_gradients():
         mask = jnp.asarray(mask)
         r = jax.random.normal(jax.random.key(2), x.shape)
         grad = nnx.jit(nnx.value_and_grad(loss_fn, argnums=(0, 1)))
-        for shape in ((1, 2, 1, 4),):
-            layer = build.moe(small_cfg(e=8, mode="dropless"), rngs=nnx.Rngs(0))
+        for shape, kernel in (((1, 2, 1, 4), "xla"), ((1, 2, 1, 4), "megablox")):
+            layer = build.moe(small_cfg(e=8, mode="dropless", grouped_matmul=kernel),
+                              rngs=nnx.Rngs(0))
             want_y, _ = layer(x, mask)
             want_l, (want_g, want_gx) = grad(layer, x, mask, r)
             with jax.set_mesh(on_mesh(layer, shape)):
@@ -333,3 +335,71 @@ def test_dropless_expert_parallel_matches_single_device_with_gradients():
         print("OK")
     """)
     run_on_cpu_devices(script, 8)
+
+
+def test_megablox_grouped_matmul_equals_ragged_dot_with_gradients():
+    """The dropless layer with JAX's Pallas megablox kernel (interpret mode on CPU) gives
+    ragged_dot's outputs and gradients, with padding tokens and an expert that gets no rows
+    (whose weight gradient must be exactly 0)."""
+    x, mask = random_inputs(2, 13, 16, seed=21, pad_frac=0.3)
+    x, mask = jnp.asarray(x).at[..., 0].set(5.0), jnp.asarray(mask)
+    r = jax.random.normal(jax.random.key(22), x.shape)
+    layers = {k: build.moe(small_cfg(e=8, f=24, mode="dropless", grouped_matmul=k),
+                           rngs=nnx.Rngs(23)) for k in ("xla", "megablox")}
+    for layer in layers.values():  # expert 7 never wins: its logit is -500 for every token
+        layer.router.value = layer.router[...].at[:, 7].set(0.0).at[0, 7].set(-100.0)
+    (y_x, s_x), (y_m, s_m) = (call(layers[k], x, mask) for k in ("xla", "megablox"))
+    assert float(s_x["expert_load"][7]) == 0.0
+    np.testing.assert_allclose(y_m, y_x, rtol=1e-5, atol=1e-6)
+    grad = nnx.jit(nnx.value_and_grad(loss_fn, argnums=(0, 1)))
+    (l_x, (g_x, gx_x)), (l_m, (g_m, gx_m)) = (grad(layers[k], x, mask, r) for k in ("xla", "megablox"))
+    np.testing.assert_allclose(l_m, l_x, rtol=1e-6)
+    assert np.all(np.isfinite(gx_m))
+    np.testing.assert_allclose(gx_m, gx_x, rtol=1e-4, atol=1e-6)
+    for name in ("router", "wi_0", "wi_1", "wo"):
+        a, b = np.asarray(g_x[name][...]), np.asarray(g_m[name][...])
+        assert np.abs(a).max() > 0, name
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=name)
+    assert not np.asarray(g_m["wo"][...])[7].any() and not np.asarray(g_m["wi_0"][...])[7].any()
+
+
+def test_megablox_without_an_expert_axis_runs_per_device():
+    """On an fsdp=4 mesh (no expert split) the megablox layer runs under shard_map, each device
+    on its own rows with every expert: the single-device outputs and gradients."""
+    script = textwrap.dedent("""
+        import jax, jax.numpy as jnp, numpy as np
+        from flax import nnx
+        from tests.models.test_moe import small_cfg, random_inputs, loss_fn, on_mesh
+        from tests.models import build
+        x, mask = random_inputs(4, 12, 16, seed=3)
+        mask = jnp.asarray(mask)
+        r = jax.random.normal(jax.random.key(4), x.shape)
+        grad = nnx.jit(nnx.value_and_grad(loss_fn, argnums=(0, 1)))
+        layer = build.moe(small_cfg(e=4, mode="dropless", grouped_matmul="megablox"),
+                          rngs=nnx.Rngs(5))
+        want_l, (want_g, want_gx) = grad(layer, x, mask, r)
+        with jax.set_mesh(on_mesh(layer, (1, 4, 1, 1))):
+            got_l, (got_g, got_gx) = grad(layer, x, mask, r)
+        np.testing.assert_allclose(got_l, want_l, rtol=1e-5)
+        np.testing.assert_allclose(got_gx, want_gx, rtol=1e-4, atol=1e-6)
+        for name in ("router", "wi_0", "wi_1", "wo"):
+            np.testing.assert_allclose(got_g[name][...], want_g[name][...], rtol=1e-4,
+                                       atol=1e-6, err_msg=name)
+        print("OK")
+    """)
+    run_on_cpu_devices(script, 4)
+
+
+def test_grouped_matmul_choice_by_platform():
+    from mm1_jax.config import ConfigError, validate
+    from mm1_jax.models.moe import grouped_matmul
+
+    assert grouped_matmul("auto", "tpu") == "megablox"
+    assert grouped_matmul("auto", "gpu") == grouped_matmul("auto", "cpu") == "xla"
+    assert grouped_matmul("megablox", "cpu") == "megablox"  # Pallas interpret mode
+    with pytest.raises(ValueError, match="Pallas TPU kernel"):
+        grouped_matmul("megablox", "gpu")
+    cfg = small_cfg(grouped_matmul="cutlass")
+    cfg.model.moe.expert_mlp_dim = None
+    with pytest.raises(ConfigError, match="model.moe.grouped_matmul"):
+        validate(cfg)
