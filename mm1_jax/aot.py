@@ -19,7 +19,11 @@ depth (one decoder period, one ViT block: the scans run once and are counted exa
 remat, and the compiler's FLOPs per chip are divided by the model FLOPs per chip (stats of the
 same reduced model / chips). Replicated work (a layer that loses its batch split) shows as a ratio
 well above 1; what remains above 1 is the optimiser, the loss, norms and, for capacity-routed
-MoE, the empty expert slots (`capacity_factor`).
+MoE, the empty expert slots (`capacity_factor`). libtpu also turns large FSDP matmuls into
+collective matmuls ("windowed einsums": the all-gather or reduce-scatter in a loop over the
+shards, one matmul slice per iteration), whose loop bodies `cost_analysis()` counts once too;
+the check compiles with them off (`FLOPS_CHECK_OPTIONS`), which changes how a matmul overlaps
+its collective but not what each chip computes.
 """
 
 from __future__ import annotations
@@ -48,6 +52,10 @@ from mm1_jax.train.state import abstract_train_state
 from mm1_jax.train.synthetic import SPECIAL
 
 GiB = 2**30
+
+# libtpu flags for the FLOPs check's compile (module doc): no collective-matmul loops.
+FLOPS_CHECK_OPTIONS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
+                       "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
 
 # Compiling for a topology opens no TPU, so it need not hold libtpu's one-process-per-host lock
 # (/tmp/libtpu_lockfile): several compiles, and other JAX processes, may share the machine. Set
@@ -121,11 +129,13 @@ def topology_run(cfg: ml_collections.ConfigDict, devices: list) -> Run:
     return start(cfg, devices=devices, special=SPECIAL, corpus=False)
 
 
-def compile_train_step(cfg: ml_collections.ConfigDict, devices: list):
+def compile_train_step(cfg: ml_collections.ConfigDict, devices: list,
+                       compiler_options: dict[str, Any] | None = None):
     """(compiled, seconds, run): the trainer's `loop.compile_step` of `cfg` for `devices`."""
     run = topology_run(cfg, devices)
     abstract, shardings = abstract_train_state(run)
-    compiled, seconds = compile_step(abstract, shardings, run.mesh, abstract_batch(run.cfg))
+    compiled, seconds = compile_step(abstract, shardings, run.mesh, abstract_batch(run.cfg),
+                                     compiler_options)
     return compiled, seconds, run
 
 
@@ -184,9 +194,11 @@ def reduced_depth(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def flops_check(cfg: ml_collections.ConfigDict, devices: list) -> dict[str, Any]:
-    """Compiler FLOPs per chip against model FLOPs per chip for `reduced_depth(cfg)`."""
+    """Compiler FLOPs per chip against model FLOPs per chip for `reduced_depth(cfg)`, compiled
+    without collective-matmul loops on TPU (module doc)."""
     cfg = reduced_depth(cfg)
-    compiled, seconds, run = compile_train_step(cfg, devices)
+    options = FLOPS_CHECK_OPTIONS if devices[0].platform == "tpu" else None
+    compiled, seconds, run = compile_train_step(cfg, devices, options)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     model = model_flops_per_chip(run)

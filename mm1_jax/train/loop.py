@@ -79,16 +79,18 @@ class RunResult:
     eval_metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # the last evaluation
 
 
-def compile_step(abstract: TrainState, shardings: TrainState, mesh, batch: dict[str, Any]):
+def compile_step(abstract: TrainState, shardings: TrainState, mesh, batch: dict[str, Any],
+                 compiler_options: dict[str, Any] | None = None):
     """The jitted, sharded `train_step` for batches shaped like `batch` (arrays or structs); the
-    input state is donated. Returns (compiled, seconds spent compiling)."""
+    input state is donated. Returns (compiled, seconds spent compiling). `compiler_options`:
+    XLA flags for this compile only (the FLOPs check's, `mm1_jax.aot`)."""
     batch_sh = {k: sharding.batch_sharding(mesh, len(v.shape)) for k, v in batch.items()}
     jitted = jax.jit(train_step, in_shardings=(shardings, batch_sh),
                      out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
     t = time.perf_counter()
     with jax.set_mesh(mesh):
         compiled = jitted.lower(abstract, {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
-                                           for k, v in batch.items()}).compile()
+                                           for k, v in batch.items()}).compile(compiler_options)
     return compiled, time.perf_counter() - t
 
 
