@@ -95,7 +95,9 @@ class SwiGLU(nnx.Module):
         self.down = layers.Linear(d.mlp_dim, d.width, ("mlp", "embed"), **lin)
 
     def __call__(self, x):
-        return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+        dt = self.gate.dtype
+        w = (lin.kernel[...].astype(dt) for lin in (self.gate, self.up, self.down))
+        return layers.swiglu(x.astype(dt), *w)
 
 
 class Block(nnx.Module):

@@ -164,18 +164,16 @@ class MoEFeedForward(nnx.Module):
 
     # ------------------------------------------------------------------ experts
 
-    def _experts(self, xe: jax.Array, spec_in, spec_hidden) -> jax.Array:
+    def _experts(self, xe: jax.Array, spec_in) -> jax.Array:
         """Expert-major SwiGLU: xe [e, g, c, m] -> [e, g, c, m] in the compute dtype.
 
         Groups and slots merge into one row axis (groups major, so the split over groups
         stays): one batched matmul per expert, which XLA:CPU runs ~1.7x faster than the 4-D
-        contraction."""
+        contraction; `layers.swiglu` with its written-out backward."""
         e, g, c, d = xe.shape
-        w0, w1, wo = (w[...].astype(self.dtype) for w in (self.wi_0, self.wi_1, self.wo))
-        x = xe.reshape(e, g * c, d)
-        h = jax.nn.silu(jnp.einsum("erm,emh->erh", x, w0)) * jnp.einsum("erm,emh->erh", x, w1)
-        h = constrain(h.reshape(e, g, c, -1), spec_hidden).reshape(e, g * c, -1)
-        return constrain(jnp.einsum("erh,ehm->erm", h, wo).reshape(e, g, c, d), spec_in)
+        w = (p[...].astype(self.dtype) for p in (self.wi_0, self.wi_1, self.wo))
+        y = layers.swiglu(xe.reshape(e, g * c, d), *w)
+        return constrain(y.reshape(e, g, c, d), spec_in)
 
     def _capacity(self, x, mask, top_i, gates, factor):
         """GShard capacity routing by indices. Returns (y [t, m], number of kept assignments).
@@ -214,7 +212,7 @@ class MoEFeedForward(nnx.Module):
         xe = jnp.take_along_axis(xg, source[..., None], axis=1)  # [g, e * c, m]
         spec_in = ("exp", "batch", None, "embed")
         xe = constrain(xe.reshape(g, e, cap, d).transpose(1, 0, 2, 3), spec_in)
-        ye = self._experts(xe, spec_in, ("exp", "batch", None, "mlp"))
+        ye = self._experts(xe, spec_in)
         ye = constrain(ye.transpose(1, 0, 2, 3).reshape(g, e * cap, d), ("batch", None, "embed"))
         yk = jnp.take_along_axis(ye, jnp.minimum(pos, e * cap - 1)[..., None], axis=1)
         w = (gates * keep).astype(self.dtype)  # a dropped assignment contributes 0
