@@ -61,9 +61,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
-from jax.sharding import PartitionSpec
-
 from jax.experimental.pallas.ops.tpu.megablox import gmm as megablox_gmm
+from jax.sharding import PartitionSpec
 
 from mm1_jax.models import layers
 from mm1_jax.models.attention import platform
