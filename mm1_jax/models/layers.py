@@ -166,9 +166,10 @@ def swiglu(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array) 
 
     Its backward is written out rather than derived: the SiLU derivative, dx and the three
     weight gradients from the saved x, x W_gate and x W_up, the elementwise part in float32.
-    XLA:CPU runs the derived backward ~1.45x slower (it transposes the hidden-width gradient
-    [rows, h] -> [h, rows] for the weight gradients, and fuses the SiLU derivative into that
-    transpose); BENCHMARKS.md "SwiGLU backward". Same values as the derived gradient (tested)."""
+    In the decoder's step XLA:CPU ran the derived backward with the hidden-width gradient
+    transposed ([rows, h] -> [h, rows]) and the SiLU derivative fused into that transpose;
+    alone this FFN is 1.12x faster forward + backward (`benchmarks/swiglu.py`), and the peer
+    step 1.19x (BENCHMARKS.md). Same values as the derived gradient (tested)."""
     return _swiglu_fwd(x, w_gate, w_up, w_down)[0]
 
 
