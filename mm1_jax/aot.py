@@ -22,8 +22,8 @@ well above 1; what remains above 1 is the optimiser, the loss, norms and, for ca
 MoE, the empty expert slots (`capacity_factor`). libtpu also turns large FSDP matmuls into
 collective matmuls ("windowed einsums": the all-gather or reduce-scatter in a loop over the
 shards, one matmul slice per iteration), whose loop bodies `cost_analysis()` counts once too;
-the check compiles with them off (`FLOPS_CHECK_OPTIONS`), which changes how a matmul overlaps
-its collective but not what each chip computes.
+the check compiles with them off (`NO_COLLECTIVE_MATMULS`), which changes how a matmul
+overlaps its collective but not what each chip computes.
 """
 
 from __future__ import annotations
@@ -53,9 +53,10 @@ from mm1_jax.train.synthetic import SPECIAL
 
 GiB = 2**30
 
-# libtpu flags for the FLOPs check's compile (module doc): no collective-matmul loops.
-FLOPS_CHECK_OPTIONS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
-                       "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
+# libtpu flags that turn off its collective-matmul loops (module doc): for the FLOPs check and
+# the layout tests, which compare programs whose matmuls must not differ in how they overlap.
+NO_COLLECTIVE_MATMULS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
+                         "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
 
 # Compiling for a topology opens no TPU, so it need not hold libtpu's one-process-per-host lock
 # (/tmp/libtpu_lockfile): several compiles, and other JAX processes, may share the machine. Set
@@ -197,7 +198,7 @@ def flops_check(cfg: ml_collections.ConfigDict, devices: list) -> dict[str, Any]
     """Compiler FLOPs per chip against model FLOPs per chip for `reduced_depth(cfg)`, compiled
     without collective-matmul loops on TPU (module doc)."""
     cfg = reduced_depth(cfg)
-    options = FLOPS_CHECK_OPTIONS if devices[0].platform == "tpu" else None
+    options = NO_COLLECTIVE_MATMULS if devices[0].platform == "tpu" else None
     compiled, seconds, run = compile_train_step(cfg, devices, options)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -121,14 +121,14 @@ def test_dropless_moe_runs_megablox_on_each_chip_of_v5p_8():
     and tgmm x3 each) on each chip's own rows, and each chip computes its share of the FLOPs
     (the kernel runs under shard_map; its own cost estimate counts its FLOPs). With "xla"
     libtpu's ragged-dot runs every chip on all 4096 rows: 1.42x the share."""
-    from mm1_jax.aot import (FLOPS_CHECK_OPTIONS, compile_train_step, model_flops_per_chip,
+    from mm1_jax.aot import (NO_COLLECTIVE_MATMULS, compile_train_step, model_flops_per_chip,
                              reduced_depth, topology_devices)
 
     cfg = _small(batch=8)
     m = cfg.model.moe
     m.num_experts, m.every, m.mode = 4, 1, "dropless"
     compiled, _, run = compile_train_step(reduced_depth(cfg), topology_devices("v5p-8"),
-                                          FLOPS_CHECK_OPTIONS)
+                                          NO_COLLECTIVE_MATMULS)
     calls = [line.split("=")[1].split()[0] for line in compiled.as_text().splitlines()
              if 'custom_call_target="tpu_custom_call"' in line and re.match(r"\s*%t?gmm", line)]
     # [rows, out] per chip: 2 rows x 256 tokens x top-2 = 1024, not the batch's 4096.
@@ -146,7 +146,7 @@ def test_no_replicated_compute_for_every_mm1_config(name):
     """MM1 configs at reduced depth on v5p-32 (16 chips, 4 rows each, the config's own mesh
     rule and image budget): compiler FLOPs per chip / (model FLOPs / chips) <= 1.15. The dense
     3B/7B/30B share the ablation's layers and layout (FSDP only); the MoEs add the expert axis.
-    Compiled without libtpu's collective-matmul loops (`aot.FLOPS_CHECK_OPTIONS`): with them
+    Compiled without libtpu's collective-matmul loops (`aot.NO_COLLECTIVE_MATMULS`): with them
     `cost_analysis()` counts each loop body once and the dense configs read ~0.72-0.75."""
     from mm1_jax.aot import flops_check, topology_devices
     from mm1_jax.config import load_config

@@ -35,8 +35,14 @@ Inference (`train=False`: generation, perplexity, evaluation) always takes the d
 whatever the mode: capacity couples the rows of a batch (they compete for the same slots), and a
 row generated in a batch must equal the row generated alone.
 
-Groups: group size s = ceil(T / ceil(T / min(group_size, T))) for T tokens in the batch, so
-groups are as even as possible and at most G - 1 masked padding tokens are appended.
+Groups never span two batch shards: the T tokens of the batch are split first into the P pieces
+that the mesh splits the batch rows into (P = 1 without a mesh), then each piece of T / P tokens
+into ceil(T / P / group_size) groups as even as possible, each padded with at most G_p - 1 masked
+tokens. Where a shard holds at least `group_size` tokens in a whole number of groups (every MM1
+config on its pod) the groups are the mesh-free ones; where it holds fewer, its tokens are one
+smaller group. A group spanning shards could not be split with the batch: every chip would hold
+the expert buffers of all groups (the compiled backward all-gathered them, 42 MB per chip at 16
+chips in benchmarks/layout_memory.py, growing with the chip count).
 
 Padding (mask False) is never routed: it takes no capacity, counts in no statistic or loss,
 and its output is 0.
@@ -66,7 +72,7 @@ from jax.sharding import PartitionSpec
 
 from mm1_jax.models import layers
 from mm1_jax.models.attention import platform
-from mm1_jax.sharding import constrain, spec_for
+from mm1_jax.sharding import batch_shards, constrain, spec_for
 
 # megablox tile sizes (rows, contraction, output), each capped at its dimension; rows pad to a
 # multiple of the row tile.
@@ -77,6 +83,17 @@ def group_shape(num_tokens: int, group_size: int) -> tuple[int, int]:
     """(groups, tokens per group) for `num_tokens` tokens; groups * size - num_tokens < groups."""
     groups = -(-num_tokens // max(1, min(group_size, num_tokens)))
     return groups, -(-num_tokens // groups)
+
+
+def shard_groups(x: jax.Array, shards: int, group_size: int, fill) -> jax.Array:
+    """[T, ...] -> [shards * g, s, ...]: each of `shards` equal pieces of the token axis in
+    `group_shape(T / shards, group_size)` groups, padded with `fill` at the end of its piece
+    (module doc: a group never spans two batch shards)."""
+    per = x.shape[0] // shards
+    g, s = group_shape(per, group_size)
+    x = x.reshape(shards, per, *x.shape[1:])
+    x = jnp.pad(x, ((0, 0), (0, g * s - per)) + ((0, 0),) * (x.ndim - 2), constant_values=fill)
+    return x.reshape(shards * g, s, *x.shape[2:])
 
 
 def grouped_matmul(requested: str, platform: str) -> str:
@@ -132,7 +149,8 @@ class MoEFeedForward(nnx.Module):
             y = self._dropless(xt, mt, top_i, gates)
             stats["dropped_fraction"] = jnp.zeros((), jnp.float32)
         else:
-            y, kept = self._capacity(xt, mt, top_i, gates, self.capacity_factor)
+            y, kept = self._capacity(xt, mt, top_i, gates, self.capacity_factor,
+                                     shards=batch_shards(b))
             n_assign = mt.sum().astype(jnp.float32) * self.top_k
             stats["dropped_fraction"] = (n_assign - kept) / jnp.maximum(n_assign, 1.0)
         return y.reshape(b, s, d), stats
@@ -174,8 +192,9 @@ class MoEFeedForward(nnx.Module):
         y = layers.swiglu(xe.reshape(e, g * c, d), *w)
         return constrain(y.reshape(e, g, c, d), spec_in)
 
-    def _capacity(self, x, mask, top_i, gates, factor):
+    def _capacity(self, x, mask, top_i, gates, factor, shards=1):
         """GShard capacity routing by indices. Returns (y [t, m], number of kept assignments).
+        `shards`: the pieces the token axis is split into (module doc, groups).
 
         Every (token, choice) assignment gets a slot in its expert's buffer; kept assignments
         are gathered into expert-major buffers [e, g, c, m], the experts run, and each token
@@ -184,12 +203,10 @@ class MoEFeedForward(nnx.Module):
         """
         t, d = x.shape
         e, k = self.num_experts, self.top_k
-        g, s = group_shape(t, self.group_size)
-        pad = g * s - t
-        x = jnp.pad(x, ((0, pad), (0, 0))).reshape(g, s, d)
-        top_i = jnp.pad(top_i, ((0, pad), (0, 0))).reshape(g, s, k)
-        gates = jnp.pad(gates, ((0, pad), (0, 0))).reshape(g, s, k)
-        mask = jnp.pad(mask, (0, pad)).reshape(g, s)
+        groups = functools.partial(shard_groups, shards=shards, group_size=self.group_size)
+        x, top_i, gates = groups(x, fill=0), groups(top_i, fill=0), groups(gates, fill=0)
+        mask = groups(mask, fill=False)
+        g, s = mask.shape
         cap = capacity(s, e, k, factor)
 
         # A stable sort of the assignments by expert, in choice-major order: the slot of (token,
@@ -217,7 +234,8 @@ class MoEFeedForward(nnx.Module):
         w = (gates * keep).astype(self.dtype)  # a dropped assignment contributes 0
         y = jnp.einsum("gskm,gsk->gsm", yk.reshape(g, s, k, d), w)
         y = constrain(y, ("batch", None, "embed"))
-        return y.reshape(g * s, d)[:t], keep.sum().astype(jnp.float32)
+        y = y.reshape(shards, g // shards * s, d)[:, :t // shards]
+        return y.reshape(t, d), keep.sum().astype(jnp.float32)
 
     def _dropless(self, x, mask, top_i, gates):
         """Every assignment runs; expert-parallel over the mesh `expert` axis when there is one.

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from mm1_jax.config import MESH_AXES, base_config
-from mm1_jax.models.moe import capacity, group_shape
+from mm1_jax.models.moe import capacity, group_shape, shard_groups
 from mm1_jax.sharding import logical_to_mesh
 from tests.models import build
 
@@ -103,6 +103,17 @@ def test_group_shape_and_capacity():
     assert capacity(4096, 64, 2, 1.25) == 160  # ceil(2 * 1.25 * 4096 / 64)
     assert capacity(9, 4, 2, 1.0) == 5  # ceil(4.5)
     assert capacity(9, 4, 2, 100.0) == 9  # an expert never holds more than the group
+
+
+def test_shard_groups_never_span_shards():
+    t = jnp.arange(2 * 13)
+    g = np.asarray(shard_groups(t, shards=2, group_size=5, fill=-1))
+    # Each shard's 13 tokens in 3 groups of 5 (two padding tokens at the end of the shard).
+    np.testing.assert_array_equal(g, [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11, 12, -1, -1],
+                                      [13, 14, 15, 16, 17], [18, 19, 20, 21, 22],
+                                      [23, 24, 25, -1, -1]])
+    # One shard: the mesh-free groups of group_shape.
+    assert shard_groups(jnp.zeros((26, 3)), shards=1, group_size=10, fill=0).shape == (3, 9, 3)
 
 
 @pytest.mark.parametrize("e", [4, 8])
@@ -295,6 +306,35 @@ def test_expert_parallel_mesh_matches_single_device():
         np.testing.assert_allclose(stats["dropped_fraction"], want_stats["dropped_fraction"])
         assert layer.wi_0[...].sharding.spec[0] == "expert"
         assert "sharding_constraint" in hlo
+        print("OK")
+    """)
+    run_on_cpu_devices(script, 4)
+
+
+def test_capacity_groups_split_with_the_batch():
+    """A shard holding fewer tokens than group_size routes its tokens as one group: under a
+    (data=2, expert=2) mesh the batch splits 4 ways (the expert axis carries batch outside the
+    experts), so 4 rows x 8 tokens with group_size 32 equal each row run alone (a group of 8)
+    and, under capacity pressure, differ from one group of 32 tokens on one device."""
+    script = textwrap.dedent("""
+        import jax, jax.numpy as jnp, numpy as np
+        from flax import nnx
+        from tests.models.test_moe import small_cfg, random_inputs, on_mesh
+        from tests.models import build
+        layer = build.moe(small_cfg(e=4, group_size=32, factor=0.5), rngs=nnx.Rngs(0))
+        x, mask = random_inputs(4, 8, 16, seed=2)
+        mask = jnp.asarray(mask)
+        parts = [layer(x[i:i + 1], mask[i:i + 1]) for i in range(4)]
+        want = jnp.concatenate([y for y, _ in parts])
+        one_group, _ = layer(x, mask)
+        assert not np.allclose(one_group, want, atol=1e-3)
+        with jax.set_mesh(on_mesh(layer, (2, 1, 1, 2))):
+            got, stats = nnx.jit(lambda l, x, m: l(x, m))(layer, x, mask)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        kept = sum((1 - s["dropped_fraction"]) * 2 * mask[i].sum()
+                   for i, (_, s) in enumerate(parts))
+        np.testing.assert_allclose((1 - stats["dropped_fraction"]) * 2 * mask.sum(), kept,
+                                   rtol=1e-6)
         print("OK")
     """)
     run_on_cpu_devices(script, 4)
