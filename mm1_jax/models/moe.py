@@ -37,8 +37,8 @@ row generated in a batch must equal the row generated alone.
 
 Groups never span two batch shards: the T tokens of the batch are split first into the P pieces
 that the mesh splits the batch rows into (P = 1 without a mesh), then each piece of T / P tokens
-into ceil(T / P / group_size) groups as even as possible, each padded with at most G_p - 1 masked
-tokens. Where a shard holds at least `group_size` tokens in a whole number of groups (every MM1
+into ceil(T / P / group_size) groups as even as possible; each piece is padded with fewer masked
+tokens than it has groups. Where a shard holds at least `group_size` tokens in a whole number of groups (every MM1
 config on its pod) the groups are the mesh-free ones; where it holds fewer, its tokens are one
 smaller group. A group spanning shards could not be split with the batch: every chip would hold
 the expert buffers of all groups (the compiled backward all-gathered them, 42 MB per chip at 16
