@@ -123,7 +123,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.grouped_matmul = "auto"
     m.load_balance_coef = 0.01  # MM1 section 4
     m.z_loss_coef = 0.001  # MM1 section 4 (ST-MoE router z-loss)
-    m.group_size = 4096  # tokens per routing group for the capacity path
+    m.group_size = 4096  # tokens per routing group, capacity path; a group never spans two rows
 
     # ---------------------------------------------------------------- init_from
     # Converted checkpoints to start a fresh run from, per component (docs/convert.md): a

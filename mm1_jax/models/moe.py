@@ -35,14 +35,14 @@ Inference (`train=False`: generation, perplexity, evaluation) always takes the d
 whatever the mode: capacity couples the rows of a batch (they compete for the same slots), and a
 row generated in a batch must equal the row generated alone.
 
-Groups never span two batch shards: the T tokens of the batch are split first into the P pieces
-that the mesh splits the batch rows into (P = 1 without a mesh), then each piece of T / P tokens
-into ceil(T / P / group_size) groups as even as possible; each piece is padded with fewer masked
-tokens than it has groups. Where a shard holds at least `group_size` tokens in a whole number of groups (every MM1
-config on its pod) the groups are the mesh-free ones; where it holds fewer, its tokens are one
-smaller group. A group spanning shards could not be split with the batch: every chip would hold
-the expert buffers of all groups (the compiled backward all-gathered them, 42 MB per chip at 16
-chips in benchmarks/layout_memory.py, growing with the chip count).
+Groups never span two rows: each row's S tokens are split into ceil(S / group_size) groups as
+even as possible (a group_size above S makes the row one group), each row padded with fewer
+masked tokens than it has groups. A row is what the batch splits on, so the groups split with
+the batch on every mesh and route the same on every mesh. (Groups of the flattened batch, as
+before, spanned chips where a chip held fewer than group_size tokens: the compiled backward then
+all-gathered every group's expert buffers onto each chip, 42 MB per chip at 16 chips in
+benchmarks/layout_memory.py, growing with the chip count.) The MM1 configs' rows are 4,096
+tokens, their group_size.
 
 Padding (mask False) is never routed: it takes no capacity, counts in no statistic or loss,
 and its output is 0.
@@ -72,7 +72,7 @@ from jax.sharding import PartitionSpec
 
 from mm1_jax.models import layers
 from mm1_jax.models.attention import platform
-from mm1_jax.sharding import batch_shards, constrain, spec_for
+from mm1_jax.sharding import constrain, spec_for
 
 # megablox tile sizes (rows, contraction, output), each capped at its dimension; rows pad to a
 # multiple of the row tile.
@@ -85,15 +85,15 @@ def group_shape(num_tokens: int, group_size: int) -> tuple[int, int]:
     return groups, -(-num_tokens // groups)
 
 
-def shard_groups(x: jax.Array, shards: int, group_size: int, fill) -> jax.Array:
-    """[T, ...] -> [shards * g, s, ...]: each of `shards` equal pieces of the token axis in
-    `group_shape(T / shards, group_size)` groups, padded with `fill` at the end of its piece
-    (module doc: a group never spans two batch shards)."""
-    per = x.shape[0] // shards
+def row_groups(x: jax.Array, rows: int, group_size: int, fill) -> jax.Array:
+    """[T, ...] -> [rows * g, s, ...]: each of the `rows` rows of the token axis in
+    `group_shape(T / rows, group_size)` groups, padded with `fill` at the end of the row
+    (module doc: a group never spans two rows)."""
+    per = x.shape[0] // rows
     g, s = group_shape(per, group_size)
-    x = x.reshape(shards, per, *x.shape[1:])
+    x = x.reshape(rows, per, *x.shape[1:])
     x = jnp.pad(x, ((0, 0), (0, g * s - per)) + ((0, 0),) * (x.ndim - 2), constant_values=fill)
-    return x.reshape(shards * g, s, *x.shape[2:])
+    return x.reshape(rows * g, s, *x.shape[2:])
 
 
 def grouped_matmul(requested: str, platform: str) -> str:
@@ -149,8 +149,7 @@ class MoEFeedForward(nnx.Module):
             y = self._dropless(xt, mt, top_i, gates)
             stats["dropped_fraction"] = jnp.zeros((), jnp.float32)
         else:
-            y, kept = self._capacity(xt, mt, top_i, gates, self.capacity_factor,
-                                     shards=batch_shards(b))
+            y, kept = self._capacity(xt, mt, top_i, gates, self.capacity_factor, rows=b)
             n_assign = mt.sum().astype(jnp.float32) * self.top_k
             stats["dropped_fraction"] = (n_assign - kept) / jnp.maximum(n_assign, 1.0)
         return y.reshape(b, s, d), stats
@@ -192,9 +191,9 @@ class MoEFeedForward(nnx.Module):
         y = layers.swiglu(xe.reshape(e, g * c, d), *w)
         return constrain(y.reshape(e, g, c, d), spec_in)
 
-    def _capacity(self, x, mask, top_i, gates, factor, shards=1):
+    def _capacity(self, x, mask, top_i, gates, factor, rows):
         """GShard capacity routing by indices. Returns (y [t, m], number of kept assignments).
-        `shards`: the pieces the token axis is split into (module doc, groups).
+        `rows`: the rows the token axis holds (module doc: groups).
 
         Every (token, choice) assignment gets a slot in its expert's buffer; kept assignments
         are gathered into expert-major buffers [e, g, c, m], the experts run, and each token
@@ -203,7 +202,7 @@ class MoEFeedForward(nnx.Module):
         """
         t, d = x.shape
         e, k = self.num_experts, self.top_k
-        groups = functools.partial(shard_groups, shards=shards, group_size=self.group_size)
+        groups = functools.partial(row_groups, rows=rows, group_size=self.group_size)
         x, top_i, gates = groups(x, fill=0), groups(top_i, fill=0), groups(gates, fill=0)
         mask = groups(mask, fill=False)
         g, s = mask.shape
@@ -234,7 +233,7 @@ class MoEFeedForward(nnx.Module):
         w = (gates * keep).astype(self.dtype)  # a dropped assignment contributes 0
         y = jnp.einsum("gskm,gsk->gsm", yk.reshape(g, s, k, d), w)
         y = constrain(y, ("batch", None, "embed"))
-        y = y.reshape(shards, g // shards * s, d)[:, :t // shards]
+        y = y.reshape(rows, g // rows * s, d)[:, :t // rows]
         return y.reshape(t, d), keep.sum().astype(jnp.float32)
 
     def _dropless(self, x, mask, top_i, gates):

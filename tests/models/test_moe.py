@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from mm1_jax.config import MESH_AXES, base_config
-from mm1_jax.models.moe import capacity, group_shape, shard_groups
+from mm1_jax.models.moe import capacity, group_shape, row_groups
 from mm1_jax.sharding import logical_to_mesh
 from tests.models import build
 
@@ -105,22 +105,22 @@ def test_group_shape_and_capacity():
     assert capacity(9, 4, 2, 100.0) == 9  # an expert never holds more than the group
 
 
-def test_shard_groups_never_span_shards():
+def test_row_groups_never_span_rows():
     t = jnp.arange(2 * 13)
-    g = np.asarray(shard_groups(t, shards=2, group_size=5, fill=-1))
-    # Each shard's 13 tokens in 3 groups of 5 (two padding tokens at the end of the shard).
+    g = np.asarray(row_groups(t, rows=2, group_size=5, fill=-1))
+    # Each row's 13 tokens in 3 groups of 5 (two padding tokens at the end of the row).
     np.testing.assert_array_equal(g, [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11, 12, -1, -1],
                                       [13, 14, 15, 16, 17], [18, 19, 20, 21, 22],
                                       [23, 24, 25, -1, -1]])
-    # One shard: the mesh-free groups of group_shape.
-    assert shard_groups(jnp.zeros((26, 3)), shards=1, group_size=10, fill=0).shape == (3, 9, 3)
+    # A group_size above the row length: each row is one group.
+    assert row_groups(jnp.zeros((26, 3)), rows=2, group_size=100, fill=0).shape == (2, 13, 3)
 
 
 @pytest.mark.parametrize("e", [4, 8])
 def test_no_drop_matches_reference_loop(e):
     cfg = small_cfg(e=e, factor=float(e))  # capacity = group size: nothing can drop
     layer = build.moe(cfg, rngs=nnx.Rngs(1))
-    x, mask = random_inputs(2, 13, 16, seed=e)  # 26 tokens in 3 groups of 9 (one padded)
+    x, mask = random_inputs(2, 13, 16, seed=e)  # each row's 13 tokens in 2 groups of 7
     y, stats = call(layer, x, jnp.asarray(mask))
     y_ref, lb, z = reference(params_of(layer), x.reshape(26, 16), mask.reshape(26))
     np.testing.assert_allclose(np.asarray(y).reshape(26, 16), y_ref, rtol=1e-5, atol=1e-6)
@@ -312,10 +312,9 @@ def test_expert_parallel_mesh_matches_single_device():
 
 
 def test_capacity_groups_split_with_the_batch():
-    """A shard holding fewer tokens than group_size routes its tokens as one group: under a
-    (data=2, expert=2) mesh the batch splits 4 ways (the expert axis carries batch outside the
-    experts), so 4 rows x 8 tokens with group_size 32 equal each row run alone (a group of 8)
-    and, under capacity pressure, differ from one group of 32 tokens on one device."""
+    """Rows of 8 tokens with group_size 32: each row is its own group, so under capacity
+    pressure the batch equals each row run alone, on one device and under a (data=2, expert=2)
+    mesh whose batch shards hold one row each."""
     script = textwrap.dedent("""
         import jax, jax.numpy as jnp, numpy as np
         from flax import nnx
@@ -326,15 +325,17 @@ def test_capacity_groups_split_with_the_batch():
         mask = jnp.asarray(mask)
         parts = [layer(x[i:i + 1], mask[i:i + 1]) for i in range(4)]
         want = jnp.concatenate([y for y, _ in parts])
-        one_group, _ = layer(x, mask)
-        assert not np.allclose(one_group, want, atol=1e-3)
+        assert min(float(s["dropped_fraction"]) for _, s in parts) > 0  # under pressure
+        one, one_stats = layer(x, mask)
+        np.testing.assert_allclose(one, want, rtol=1e-5, atol=1e-6)
         with jax.set_mesh(on_mesh(layer, (2, 1, 1, 2))):
             got, stats = nnx.jit(lambda l, x, m: l(x, m))(layer, x, mask)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
         kept = sum((1 - s["dropped_fraction"]) * 2 * mask[i].sum()
                    for i, (_, s) in enumerate(parts))
-        np.testing.assert_allclose((1 - stats["dropped_fraction"]) * 2 * mask.sum(), kept,
-                                   rtol=1e-6)
+        for st in (stats, one_stats):
+            np.testing.assert_allclose((1 - st["dropped_fraction"]) * 2 * mask.sum(), kept,
+                                       rtol=1e-6)
         print("OK")
     """)
     run_on_cpu_devices(script, 4)
