@@ -124,7 +124,7 @@ def main():
         cfg.model.decoder.width = args.d
         m = cfg.model.moe
         m.num_experts, m.expert_mlp_dim, m.mode, m.group_size = e, args.f, mode, gs
-        s = group_shape(tokens, gs)[1]
+        s = group_shape(x.shape[1], gs)[1]  # groups never span rows (moe.py)
         cap = capacity(s, e, 2, m.capacity_factor)
         prefix = (f"| {e} | {mode} | {tokens} | {s if mode == 'capacity' else '-'} | "
                   f"{cap if mode == 'capacity' else '-'} |")
