@@ -20,6 +20,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import header, time_fn  # noqa: E402
 from mm1_jax.models import layers  # noqa: E402
+from mm1_jax.perf import measure_matmul_flops  # noqa: E402
 
 
 def derived(x, wg, wu, wd):
@@ -32,8 +33,7 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     print(header("SwiGLU forward + backward (benchmarks/swiglu.py)"))
-    a = jnp.ones((2048, 2048), jnp.float32)
-    rate = 2 * 2048**3 / time_fn(jax.jit(lambda a: a @ a), a, repeats=args.repeats)
+    rate = measure_matmul_flops(repeats=args.repeats)
     print(f"# float32 2048^3 matmul: {rate / 1e9:.1f} GFLOP/s")
     print("| rows x width x hidden | derived (s) | layers.swiglu (s) | speed-up | derived / matmul "
           "| swiglu / matmul |")

@@ -168,9 +168,9 @@ def swiglu(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array) 
     weight gradients from the saved x, x W_gate and x W_up, the elementwise part in float32.
     In the decoder's step XLA:CPU ran the derived backward with the hidden-width gradient
     transposed ([rows, h] -> [h, rows]) and the SiLU derivative fused into that transpose;
-    alone this FFN is 1.12x faster forward + backward (`benchmarks/swiglu.py`), and the dense
-    peer step went from 5.49 s to 4.61 s (two runs; BENCHMARKS.md). Same values as the derived
-    gradient (tested)."""
+    alone this FFN is 0.99-1.13x as fast forward + backward (`benchmarks/swiglu.py`, four runs
+    on a noisy machine), and the dense peer step went from 5.49 s to 4.61 s (two separate
+    runs; BENCHMARKS.md). Same values as the derived gradient (tested)."""
     return _swiglu_fwd(x, w_gate, w_up, w_down)[0]
 
 

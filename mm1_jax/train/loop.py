@@ -83,7 +83,7 @@ def compile_step(abstract: TrainState, shardings: TrainState, mesh, batch: dict[
                  compiler_options: dict[str, Any] | None = None):
     """The jitted, sharded `train_step` for batches shaped like `batch` (arrays or structs); the
     input state is donated. Returns (compiled, seconds spent compiling). `compiler_options`:
-    XLA flags for this compile only (the FLOPs check's, `mm1_jax.aot`)."""
+    XLA flags for this compile only (`aot.NO_COLLECTIVE_MATMULS`)."""
     batch_sh = {k: sharding.batch_sharding(mesh, len(v.shape)) for k, v in batch.items()}
     jitted = jax.jit(train_step, in_shardings=(shardings, batch_sh),
                      out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
