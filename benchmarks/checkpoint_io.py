@@ -27,7 +27,7 @@ from mm1_jax.config import load_config  # noqa: E402
 from mm1_jax.checkpoint import Checkpointer  # noqa: E402
 from mm1_jax.startup import start  # noqa: E402
 from mm1_jax.train.state import abstract_train_state, init_train_state  # noqa: E402
-from mm1_jax.train.synthetic import SPECIAL  # noqa: E402
+from mm1_jax.data.synthetic import SPECIAL  # noqa: E402
 
 
 def plain_write_read(arrays: list[np.ndarray], path: str) -> tuple[float, float]:
@@ -64,7 +64,7 @@ def bench(name: str, directory: str, repeats: int) -> dict:
         t = time.perf_counter()
         ckpt.save(i + 1, state, None, force=True)
         blocking.append(time.perf_counter() - t)
-        ckpt.wait()
+        ckpt.manager.wait_until_finished()
         total.append(time.perf_counter() - t)
         t = time.perf_counter()
         restored = ckpt.restore(abstract, None)

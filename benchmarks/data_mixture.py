@@ -48,14 +48,14 @@ def measure(directory: str, level: str, rows: int, *, batch: int = 8,
     t = time.perf_counter()
     for _ in range(rows // batch):
         b = next(it)
-        real = np.maximum((b["kinds"] > 0).sum(1), 1)  # [b]
+        real = np.maximum((b.kinds > 0).sum(1), 1)  # [b]
         for name, i in KIND_IDS.items():
-            of_kind = b["kinds"] == i  # [b, S]
+            of_kind = b.kinds == i  # [b, S]
             n = of_kind.sum(1)
             out["rows"][name] += float((n / real).sum())
             out["pure_rows"][name] += float((n == real).sum())
             out["tokens"][name] += float(n.sum())
-            out["loss_tokens"][name] += float((b["loss_mask"] * of_kind).sum())
+            out["loss_tokens"][name] += float((b.loss_mask * of_kind).sum())
     out["seconds"] = time.perf_counter() - t
     it.close()
     return out
@@ -68,7 +68,7 @@ def images_per_group(directory: str, rows: int, groups: list[int], *, batch: int
     cfg = corpus.config(directory, batch=batch)
     cfg.data.shuffle_seed = seed
     it = pipeline.make_iterator(cfg, shard_index=0, shard_count=1)
-    per_row = np.concatenate([next(it)["image_mask"].sum(1) for _ in range(rows // batch)])
+    per_row = np.concatenate([next(it).image_mask.sum(1) for _ in range(rows // batch)])
     it.close()
     return {g: per_row[:len(per_row) // g * g].reshape(-1, g).sum(1) for g in groups}
 

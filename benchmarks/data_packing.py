@@ -33,13 +33,13 @@ def measure(directory: str, bins: int, rows: int, batch: int = 8) -> dict:
     t = time.perf_counter()
     for _ in range(rows // batch):
         b = next(it)
-        real += int((b["segment_ids"] > 0).sum())
-        total += b["segment_ids"].size
-        images += int(b["image_mask"].sum())
-        full_images += int((b["image_mask"].sum(1) == 16).sum())
-        items += int(((b["positions"] == 0) & (b["segment_ids"] > 0)).sum())
-        truncated += int(b["truncated"].sum())
-        assert (b["tokens"][b["segment_ids"] == 0] == tok.pad_id).all()
+        real += int((b.segment_ids > 0).sum())
+        total += b.segment_ids.size
+        images += int(b.image_mask.sum())
+        full_images += int((b.image_mask.sum(1) == 16).sum())
+        items += int(((b.positions == 0) & (b.segment_ids > 0)).sum())
+        truncated += int(b.truncated.sum())
+        assert (b.tokens[b.segment_ids == 0] == tok.pad_id).all()
     it.close()
     n = (rows // batch) * batch
     return {"efficiency": real / total, "images_per_row": images / n, "items_per_row": items / n,

@@ -164,8 +164,8 @@ def main() -> None:
             t, cpu = time.perf_counter(), time.process_time()
             for _ in range(batches_per_chunk):
                 b = next(it)
-                n_img += int(b["image_mask"].sum())
-                n_ex += int(((b["positions"] == 0) & (b["segment_ids"] > 0)).sum())
+                n_img += int(b.image_mask.sum())
+                n_ex += int(((b.positions == 0) & (b.segment_ids > 0)).sum())
             cpu_pipe += time.process_time() - cpu
             wall_pipe += time.perf_counter() - t
         it.close()

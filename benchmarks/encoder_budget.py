@@ -28,7 +28,7 @@ from benchmarks.common import header  # noqa: E402
 from mm1_jax.config import load_config  # noqa: E402
 from mm1_jax.models.mm1 import MM1Model, image_budget  # noqa: E402
 from mm1_jax.models.stats import image_flops, uncounted_block_flops, xla_flops  # noqa: E402
-from mm1_jax.train.synthetic import SPECIAL  # noqa: E402
+from mm1_jax.data.synthetic import SPECIAL  # noqa: E402
 
 
 def encoder_flops(cfg, rows: int, budget: float | None) -> tuple[float, int, float]:

@@ -18,7 +18,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import header  # noqa: E402
-from mm1_jax.aot import NO_COLLECTIVE_MATMULS, compile_train_step, topology_devices  # noqa: E402
+from mm1_jax.aot import (NO_COLLECTIVE_MATMULS, SHARE_LIBTPU, compile_train_step,  # noqa: E402
+                         topology_devices)
 from tests.test_layout import small_config  # noqa: E402
 
 
@@ -34,6 +35,7 @@ def main():
     p.add_argument("--topologies", default="v5p-8,v5p-32")
     p.add_argument("--attention", default=None, help="model.attention (default: the config's)")
     args = p.parse_args()
+    os.environ.setdefault(*SHARE_LIBTPU)
     print(header("per-chip memory at 2 rows per chip (benchmarks/layout_memory.py)"))
     print("| decoder | topology (chips) | attention | arguments MB | temporaries MB "
           "| temporaries MB, no collective matmuls |")

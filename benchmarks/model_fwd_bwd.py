@@ -5,7 +5,7 @@ a fraction of a large matmul's FLOP/s measured in the same run (the CPU's practi
 
 Model FLOPs per step come from mm1_jax.models.stats (6N + attention per token, XLA's count for the
 encoder + connector per image), counted for fwd+bwd. Batches come from
-mm1_jax.train.synthetic; the model encodes every image slot (fixed shapes), so every slot counts.
+mm1_jax.data.synthetic; the model encodes every image slot (fixed shapes), so every slot counts.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from mm1_jax.config import load_config  # noqa: E402
 from mm1_jax.models.mm1 import MM1Model  # noqa: E402
 from mm1_jax.startup import abstract_model  # noqa: E402
 from mm1_jax.perf import measure_matmul_flops  # noqa: E402
-from mm1_jax.train.synthetic import SPECIAL, make_global_batch  # noqa: E402
+from mm1_jax.data.synthetic import SPECIAL, make_global_batch  # noqa: E402
 
 
 def fwd_bwd(cfg):
@@ -36,8 +36,8 @@ def fwd_bwd(cfg):
     def step(params, batch):
         def loss_fn(p):
             logits, aux = nnx.merge(graphdef, p)(batch)
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["targets"])
-            return (ce * batch["loss_mask"]).sum() / batch["loss_mask"].sum() + aux["moe/aux_loss"]
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch.targets)
+            return (ce * batch.loss_mask).sum() / batch.loss_mask.sum() + aux["moe/aux_loss"]
         return jax.value_and_grad(loss_fn)(params)
 
     return step, params

@@ -53,11 +53,13 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import header  # noqa: E402
 from mm1_jax.config import base_config  # noqa: E402
+from mm1_jax.data.batch import Batch  # noqa: E402
+from mm1_jax.data.kinds import KIND_IDS  # noqa: E402
 from mm1_jax.perf import measure_matmul_flops  # noqa: E402
 from mm1_jax.startup import start  # noqa: E402
 from mm1_jax.train.loop import compile_step, global_batch  # noqa: E402
 from mm1_jax.train.state import abstract_train_state, init_train_state  # noqa: E402
-from mm1_jax.train.synthetic import SPECIAL  # noqa: E402
+from mm1_jax.data.synthetic import SPECIAL  # noqa: E402
 
 LM = dict(vocab=32_000, width=512, depth=8, heads=8, mlp=1408, batch=8, seq=512)
 MOE = dict(experts=8, expert_mlp=704, top_k=2)
@@ -118,9 +120,10 @@ def ours_lm(moe: bool, moe_mode: str):
     run = start(cfg, special=SPECIAL, corpus=False)
     abstract, shardings = abstract_train_state(run)
     state = init_train_state(run, abstract, shardings)
-    host = text_batch()
-    host["images"] = np.zeros((LM["batch"], 0, 28, 28, 3), np.uint8)
-    host["image_mask"] = np.zeros((LM["batch"], 0), bool)
+    b, none = LM["batch"], np.zeros((LM["batch"],), np.int32)
+    host = Batch(**text_batch(), kinds=np.full((b, LM["seq"]), KIND_IDS["text"], np.int32),
+                 images=np.zeros((b, 0, 28, 28, 3), np.uint8), image_mask=np.zeros((b, 0), bool),
+                 truncated=none, dropped=none)
     batch = global_batch(host, run.mesh)
     step, _ = compile_step(abstract, shardings, run.mesh, batch)
     box = [state]

@@ -29,7 +29,7 @@ from mm1_jax.startup import start  # noqa: E402
 from mm1_jax.train.loop import compile_step, global_batch  # noqa: E402
 from mm1_jax.train.metrics import model_flops_per_step, peak_flops  # noqa: E402
 from mm1_jax.train.state import abstract_train_state, init_train_state  # noqa: E402
-from mm1_jax.train.synthetic import SPECIAL, make_global_batch  # noqa: E402
+from mm1_jax.data.synthetic import SPECIAL, make_global_batch  # noqa: E402
 
 
 def bench(name: str, steps: int, warmup: int = 2) -> dict:
@@ -40,7 +40,7 @@ def bench(name: str, steps: int, warmup: int = 2) -> dict:
     abstract, shardings = abstract_train_state(run)
     state = init_train_state(run, abstract, shardings)
     batches = [make_global_batch(cfg, 0, i) for i in range(4)]
-    images = [int(b["image_mask"].sum()) for b in batches]
+    images = [int(b.image_mask.sum()) for b in batches]
     batches = [global_batch(b, mesh) for b in batches]
     step, compile_s = compile_step(abstract, shardings, mesh, batches[0])
     times, cpu = [], []

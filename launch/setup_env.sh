@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv (once) and installs mm1_jax with the extras named in $1 (e.g. "test").
-# Sourced by demo.sh and test.sh so that each is one command on a fresh machine.
+# Creates .venv (once) and installs mm1_jax with the extras named in $1 (e.g. "test"), at the
+# versions CI tested (constraints.txt; MM1_UNPINNED=1 installs the newest releases instead, to
+# try them). Sourced by demo.sh and test.sh so that each is one command on a fresh machine.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${MM1_VENV:-$root/.venv}"
@@ -16,12 +17,14 @@ spec="$root"
 if [[ "$extras" == *test* ]]; then
   "$venv/bin/python" -m pip install -q "torch==2.13.0"
 fi
-"$venv/bin/python" -m pip install -q -e "$spec"
+pins=(-c "$root/constraints.txt")
+[ "${MM1_UNPINNED:-0}" = 1 ] && pins=()
+"$venv/bin/python" -m pip install -q ${pins[@]+"${pins[@]}"} -e "$spec"
 if [[ "$extras" == *test* ]]; then
   # OpenCLIP for tests/convert, without its torchvision: the only torchvision wheels for torch
   # 2.13 are CUDA builds that cannot load beside the CPU torch; the tests import OpenCLIP's ViT
   # without it (tests/convert/helpers.py).
-  "$venv/bin/python" -m pip install -q --no-deps "open-clip-torch"
+  "$venv/bin/python" -m pip install -q --no-deps ${pins[@]+"${pins[@]}"} "open-clip-torch"
 fi
 export PATH="$venv/bin:$PATH"
 # XLA:CPU allocates a step's temporaries afresh each step (GBs at benchmark sizes), and glibc

@@ -36,7 +36,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from absl import app, flags
 from jax.experimental import topologies
@@ -44,12 +43,12 @@ from ml_collections import config_flags
 
 from mm1_jax import sharding
 from mm1_jax.config import MESH_AXES, ConfigError, moe_period
-from mm1_jax.models.attention import implementation
+from mm1_jax.data.batch import batch_spec
+from mm1_jax.data.synthetic import SPECIAL
 from mm1_jax.startup import Run, start
 from mm1_jax.train.loop import compile_step
 from mm1_jax.train.metrics import encoded_images, model_flops_per_step
 from mm1_jax.train.state import abstract_train_state
-from mm1_jax.train.synthetic import SPECIAL
 
 GiB = 2**30
 
@@ -59,9 +58,10 @@ NO_COLLECTIVE_MATMULS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
                          "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
 
 # Compiling for a topology opens no TPU, so it need not hold libtpu's one-process-per-host lock
-# (/tmp/libtpu_lockfile): several compiles, and other JAX processes, may share the machine. Set
-# before JAX first loads libtpu.
-os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+# (/tmp/libtpu_lockfile): several compiles, and other JAX processes, may share the machine. The
+# entry points that compile for topologies (`main` here, the tests, benchmarks/layout_memory.py)
+# set this before JAX first loads libtpu; importing this module changes nothing.
+SHARE_LIBTPU = ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,21 +106,6 @@ def topology_devices(name: str) -> list:
         chips_per_host_bounds=bounds, num_slices=1).devices)
 
 
-def abstract_batch(cfg: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
-    """The trainer's global batch as shapes (keys and dtypes of docs/data.md), as the loop hands
-    it to the step (the pipeline's host-side counters stay on the host)."""
-    b, s = cfg.train.batch_size, cfg.train.seq_len
-    m, hw = cfg.data.max_images, cfg.model.vision.image_size
-    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)  # noqa: E731
-    return {
-        "tokens": i32(b, s), "targets": i32(b, s), "segment_ids": i32(b, s),
-        "positions": i32(b, s), "kinds": i32(b, s),
-        "loss_mask": jax.ShapeDtypeStruct((b, s), jnp.float32),
-        "images": jax.ShapeDtypeStruct((b, m, hw, hw, 3), jnp.uint8),
-        "image_mask": jax.ShapeDtypeStruct((b, m), jnp.bool_),
-    }
-
-
 def topology_run(cfg: ml_collections.ConfigDict, devices: list) -> Run:
     """The trainer's start-up for `devices` (the mesh ordered for the physical topology). No
     corpus, tokenizer or evaluation file is read, so the check runs anywhere: the compiled step
@@ -135,7 +120,7 @@ def compile_train_step(cfg: ml_collections.ConfigDict, devices: list,
     """(compiled, seconds, run): the trainer's `loop.compile_step` of `cfg` for `devices`."""
     run = topology_run(cfg, devices)
     abstract, shardings = abstract_train_state(run)
-    compiled, seconds = compile_step(abstract, shardings, run.mesh, abstract_batch(run.cfg),
+    compiled, seconds = compile_step(abstract, shardings, run.mesh, batch_spec(run.cfg),
                                      compiler_options)
     return compiled, seconds, run
 
@@ -153,8 +138,7 @@ def compile_for(cfg: ml_collections.ConfigDict, devices: list, hbm_bytes: int) -
     cfg = run.cfg
     report = {"config": cfg.name, "chips": len(devices), "device_kind": devices[0].device_kind,
               "mesh": dict(run.mesh.shape), "remat": cfg.model.remat,
-              "attention": implementation(cfg.model.attention, devices[0].platform,
-                                          cfg.model.dtype),
+              "attention": run.kernels.attention,
               "grad_accum": cfg.train.grad_accum, "batch": cfg.train.batch_size,
               "seq_len": cfg.train.seq_len, "max_images": cfg.data.max_images,
               "hbm_bytes_per_chip": hbm_bytes,
@@ -163,7 +147,7 @@ def compile_for(cfg: ml_collections.ConfigDict, devices: list, hbm_bytes: int) -
     abstract, shardings = abstract_train_state(run)
     t = time.perf_counter()
     try:
-        compiled, seconds = compile_step(abstract, shardings, run.mesh, abstract_batch(cfg))
+        compiled, seconds = compile_step(abstract, shardings, run.mesh, batch_spec(cfg))
     except jax.errors.JaxRuntimeError as e:  # XLA refuses programs that exceed HBM
         if not str(e).startswith("RESOURCE_EXHAUSTED"):
             raise
@@ -245,6 +229,7 @@ def format_report(r: dict[str, Any], topology: str) -> str:
 
 def main(argv):
     del argv
+    os.environ.setdefault(*SHARE_LIBTPU)
     name, cfg = flags.FLAGS.topology, flags.FLAGS.config
     t = time.perf_counter()
     if flags.FLAGS.flops:

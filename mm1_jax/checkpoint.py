@@ -96,10 +96,7 @@ class Checkpointer:
                                 sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) else [])
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         logging.info("checkpoint: restored step %d from %s", step, self.directory)
-        return abstract.with_arrays(restored["state"])
-
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
+        return abstract.replace(**restored["state"])
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -43,87 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "base"
     c.seed = 0
-
-    # ---------------------------------------------------------------- model
-    c.model = ml_collections.ConfigDict()
-    c.model.dtype = "bfloat16"  # compute dtype (SPEC: bf16 compute, float32 master weights)
-    c.model.param_dtype = "float32"
-    c.model.remat = "full"  # one of REMAT_POLICIES; applied to every scanned block
-    # One of ATTENTIONS: the decoder's attention kernel. "xla" materialises the [t, s] scores;
-    # "splash" (Pallas TPU kernel) and "cudnn" (cuDNN flash attention) do not. "auto": splash on
-    # TPU, cudnn on GPU in CUDNN_DTYPES, xla elsewhere, by the platform of the devices in use.
-    c.model.attention = "auto"
-    # Training only: the share of image slots the encoder computes, in (0, 1]. Each batch shard
-    # (a chip's rows) encodes its filled slots in a buffer of ceil(image_budget x its slots);
-    # images beyond it are left out, their placeholders get zeros, and they are counted in
-    # `data/images_over_budget` (mm1_jax/models/mm1.py). None (or 1.0): every slot, filled or
-    # not. How small it may be depends on the rows per chip (benchmarks/data_mixture.py
-    # --groups). Evaluation and generation always encode every image.
-    c.model.image_budget = config_dict.placeholder(float)
-    # Training only: the LM head and its cross-entropy run fused, in this many chunks of the
-    # sequence (the largest count <= this dividing train.seq_len), each chunk's logits turned
-    # into its gradients at once, so no [batch, seq, vocab] logits are kept
-    # (mm1_jax/models/head_loss.py). 0: the plain path, full logits then cross-entropy.
-    c.model.loss_chunks = 4
-
-    v = c.model.vision = ml_collections.ConfigDict()
-    v.image_size = 336  # MM1 ablations: ViT-L/14 at 336 (section 3.2)
-    v.patch_size = 14
-    v.width = 1024
-    v.depth = 24
-    v.heads = 16
-    v.mlp_dim = 4096
-    # CLIP's activation. MM1's DFN-5B ViT-H/14-378 is the QuickGELU variant (OpenCLIP
-    # `ViT-H-14-378-quickgelu`); "gelu" for towers trained with exact GELU (e.g. OpenCLIP's
-    # non-quickgelu ViTs, SigLIP).
-    v.act = "quick_gelu"
-    v.norm_eps = 1e-5
-    # Which block's output feeds the connector: -1 = last, -2 = penultimate (LLaVA's choice).
-    v.feature_layer = -1
-    # Image normalisation (CLIP defaults), applied on device to the pipeline's uint8 pixels.
-    v.mean = (0.48145466, 0.4578275, 0.40821073)
-    v.std = (0.26862954, 0.26130258, 0.27577711)
-
-    k = c.model.connector = ml_collections.ConfigDict()
-    k.kind = "c_abstractor"  # one of CONNECTORS (MM1 section 3.2, Fig. 4)
-    k.num_tokens = 144  # image tokens per image; a square for c_abstractor / avg_pool
-    k.hidden = 1024  # C-Abstractor hidden width (Honeybee default)
-    k.depth = 3  # RegNet blocks per stage (Honeybee "depth")
-    k.mlp_depth = 2  # readout: Linear, SiLU, Linear
-    k.se_ratio = 0.25  # squeeze-excite reduction of the RegNet bottleneck
-    k.attn_heads = 8  # attn_pool only
-
-    d = c.model.decoder = ml_collections.ConfigDict()
-    d.vocab_size = 32_000
-    d.width = 2048
-    d.depth = 24
-    d.heads = 16
-    d.kv_heads = 16  # < heads for grouped-query attention
-    d.head_dim = 128
-    d.mlp_dim = 5632  # SwiGLU hidden size
-    d.rope_theta = 10_000.0
-    d.norm_eps = 1e-5
-    d.tie_embeddings = False
-    d.max_seq_len = 4096  # only for FLOP accounting / sanity checks; RoPE has no table
-    d.attn_bias = False  # q/k/v projection biases (Qwen2); Llama and Mistral have none
-    # Tokens the vocabulary really holds when `vocab_size` is padded (to a multiple of 128, for
-    # sharding; `python -m mm1_jax.convert decoder --pad_vocab_multiple`): the logits of rows
-    # from here on are masked. None = every row is a token.
-    d.real_vocab_size = config_dict.placeholder(int)
-
-    m = c.model.moe = ml_collections.ConfigDict()
-    m.num_experts = 0  # 0 = dense decoder
-    m.every = 2  # a sparse FFN replaces every `every`-th dense FFN (3B-MoE: 2, 7B-MoE: 4)
-    m.top_k = 2  # GShard top-2
-    m.expert_mlp_dim = config_dict.placeholder(int)  # defaults to decoder.mlp_dim
-    m.capacity_factor = 1.25  # training capacity factor (GShard); inference never drops
-    m.mode = "capacity"  # training: "capacity" (index dispatch, drops over capacity) or "dropless"
-    # One of GROUPED_MATMULS: the dropless path's grouped matmul (inference always runs it).
-    # "auto": JAX's Pallas megablox kernel on TPU, `jax.lax.ragged_dot` elsewhere.
-    m.grouped_matmul = "auto"
-    m.load_balance_coef = 0.01  # MM1 section 4
-    m.z_loss_coef = 0.001  # MM1 section 4 (ST-MoE router z-loss)
-    m.group_size = 4096  # tokens per routing group, capacity path; a group never spans two rows
+    c.model = _model()
 
     # ---------------------------------------------------------------- init_from
     # Converted checkpoints to start a fresh run from, per component (docs/convert.md): a
@@ -136,65 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.init_from.connector = config_dict.placeholder(str)
     c.init_from.decoder = config_dict.placeholder(str)
 
-    # ---------------------------------------------------------------- data
-    c.data = ml_collections.ConfigDict()
-    c.data.dir = config_dict.placeholder(str)  # ArrayRecord shards: <dir>/<kind>/*.array_record
-    c.data.tokenizer = config_dict.placeholder(str)  # sentencepiece .model
-    c.data.max_images = 16  # per packed sequence (MM1 section 4)
-    c.data.mixture = ml_collections.ConfigDict(
-        {"interleaved": 0.45, "caption": 0.45, "text": 0.10}
-    )  # MM1 section 4 final mix: shares of training sequences (see mix_level)
-    # What the mixture weights are shares of. "sequence": each kind is packed into rows on its
-    # own and the rows are mixed, so the weights are shares of training sequences, as in MM1
-    # (and AXLearn, which mixes packed sources). "item": items are mixed before packing (the
-    # old behaviour); items differ ~7x in length, so the weights are then far from the share
-    # of sequences or tokens (docs/data.md).
-    c.data.mix_level = "sequence"
-    c.data.shuffle_seed = 0
-    c.data.worker_count = 0  # grain worker processes; 0 = in-process
-    c.data.prefetch = 2  # batches prefetched ahead of the step (a thread, or per worker)
-    # Images are resized to model.vision.image_size (uint8; the model normalises on device).
-    c.data.interpolation = "bicubic"  # nearest | bilinear | bicubic (CLIP) | lanczos
-    c.data.resize_mode = "center_crop"  # center_crop (CLIP: central square) | squash (whole image)
-    # Threads reading + decoding items (PIL frees the GIL), and decoded items buffered ahead of
-    # the packer: per process, and per kind when mix_level is "sequence" (a packer per kind).
-    c.data.read_threads = 4
-    c.data.read_buffer = 64
-    # First-fit packing keeps this many rows open (at least the per-process batch; per kind when
-    # mix_level is "sequence"); more rows waste less padding and hold more items in memory (docs/data.md, benchmarks/data_packing.py).
-    c.data.packing_bins = 32
-
-    # ---------------------------------------------------------------- training
-    c.train = ml_collections.ConfigDict()
-    c.train.steps = 200_000  # MM1 section 4
-    c.train.batch_size = 512  # global, in sequences
-    c.train.seq_len = 4096
-    c.train.grad_accum = 1
-    c.train.log_every = 10
-    c.train.max_bad_steps = 10  # consecutive non-finite steps before the run stops
-    # Peak FLOP/s of one device for perf/mfu; None = a table of known accelerators, or on CPU a
-    # float32 matmul measured once at start-up (mm1_jax/train/metrics.py).
-    c.train.peak_flops = config_dict.placeholder(float)
-    # JAX's persistent compilation cache: a restart (pre-emption, resume) reuses the compiled
-    # step instead of compiling it again. "" turns it off.
-    c.train.compile_cache_dir = "~/.cache/mm1_jax/jax"
-
-    o = c.optim = ml_collections.ConfigDict()
-    o.lr = config_dict.placeholder(float)  # None: eta(N) from MM1 eq. (1)
-    o.weight_decay_ratio = 0.1  # lambda = 0.1 * eta (MM1 section 4)
-    o.warmup_steps = 2000
-    o.end_lr_ratio = 0.1  # cosine decays to this fraction of the peak
-    o.b1 = 0.9
-    o.b2 = 0.95
-    o.eps = 1e-8
-    o.clip_norm = 1.0
-    # Per-group learning-rate multipliers: ((regex over "/"-joined parameter path, mult), ...).
-    # A multiplier of 0 freezes the group (no update, no optimizer state moment drift).
-    o.lr_mult = ()
-    o.freeze = ()  # regexes of frozen parameter paths
-    # Weight decay skips every parameter of rank < 2 (biases, norm gains; common practice, the
-    # paper does not say; mm1_jax/train/optimizer.py). Regexes here exempt further parameters.
-    o.no_decay = ()
+    c.data, c.train, c.optim = _data(), _train(), _optim()
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 1000
@@ -213,6 +75,178 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (-1, 1, 1, 1)  # sizes of MESH_AXES; one -1 is inferred from the device count
     return c
+
+
+def _model() -> ml_collections.ConfigDict:
+    """`cfg.model`: compute settings, then each component's own part."""
+    model = ml_collections.ConfigDict()
+    model.dtype = "bfloat16"  # compute dtype (SPEC: bf16 compute, float32 master weights)
+    model.param_dtype = "float32"
+    model.remat = "full"  # one of REMAT_POLICIES; applied to every scanned block
+    # One of ATTENTIONS: the decoder's attention kernel. "xla" materialises the [t, s] scores;
+    # "splash" (Pallas TPU kernel) and "cudnn" (cuDNN flash attention) do not. "auto": splash on
+    # TPU, cudnn on GPU in CUDNN_DTYPES, xla elsewhere, by the platform of the devices in use.
+    model.attention = "auto"
+    # Training only: the share of image slots the encoder computes, in (0, 1]. Each batch shard
+    # (a chip's rows) encodes its filled slots in a buffer of ceil(image_budget x its slots);
+    # images beyond it are left out, their placeholders get zeros, and they are counted in
+    # `data/images_over_budget` (mm1_jax/models/mm1.py). None (or 1.0): every slot, filled or
+    # not. How small it may be depends on the rows per chip (benchmarks/data_mixture.py
+    # --groups). Evaluation and generation always encode every image.
+    model.image_budget = config_dict.placeholder(float)
+    # Training only: the LM head and its cross-entropy run fused, in this many chunks of the
+    # sequence (the largest count <= this dividing train.seq_len), each chunk's logits turned
+    # into its gradients at once, so no [batch, seq, vocab] logits are kept
+    # (mm1_jax/models/head_loss.py). 0: the plain path, full logits then cross-entropy.
+    model.loss_chunks = 4
+    model.vision, model.connector = _vision(), _connector()
+    model.decoder, model.moe = _decoder(), _moe()
+    return model
+
+
+def _vision() -> ml_collections.ConfigDict:
+    """`cfg.model.vision`: the CLIP ViT image encoder (MM1 section 3.2)."""
+    v = ml_collections.ConfigDict()
+    v.image_size = 336  # MM1 ablations: ViT-L/14 at 336 (section 3.2)
+    v.patch_size = 14
+    v.width = 1024
+    v.depth = 24
+    v.heads = 16
+    v.mlp_dim = 4096
+    # CLIP's activation. MM1's DFN-5B ViT-H/14-378 is the QuickGELU variant (OpenCLIP
+    # `ViT-H-14-378-quickgelu`); "gelu" for towers trained with exact GELU (e.g. OpenCLIP's
+    # non-quickgelu ViTs, SigLIP).
+    v.act = "quick_gelu"
+    v.norm_eps = 1e-5
+    # Which block's output feeds the connector: -1 = last, -2 = penultimate (LLaVA's choice).
+    v.feature_layer = -1
+    # Image normalisation (CLIP defaults), applied on device to the pipeline's uint8 pixels.
+    v.mean = (0.48145466, 0.4578275, 0.40821073)
+    v.std = (0.26862954, 0.26130258, 0.27577711)
+    return v
+
+
+def _connector() -> ml_collections.ConfigDict:
+    """`cfg.model.connector`: the vision-language connector (MM1 section 3.2)."""
+    k = ml_collections.ConfigDict()
+    k.kind = "c_abstractor"  # one of CONNECTORS (MM1 section 3.2, Fig. 4)
+    k.num_tokens = 144  # image tokens per image; a square for c_abstractor / avg_pool
+    k.hidden = 1024  # C-Abstractor hidden width (Honeybee default)
+    k.depth = 3  # RegNet blocks per stage (Honeybee "depth")
+    k.mlp_depth = 2  # readout: Linear, SiLU, Linear
+    k.se_ratio = 0.25  # squeeze-excite reduction of the RegNet bottleneck
+    k.attn_heads = 8  # attn_pool only
+    return k
+
+
+def _decoder() -> ml_collections.ConfigDict:
+    """`cfg.model.decoder`: the Llama-compatible decoder."""
+    d = ml_collections.ConfigDict()
+    d.vocab_size = 32_000
+    d.width = 2048
+    d.depth = 24
+    d.heads = 16
+    d.kv_heads = 16  # < heads for grouped-query attention
+    d.head_dim = 128
+    d.mlp_dim = 5632  # SwiGLU hidden size
+    d.rope_theta = 10_000.0
+    d.norm_eps = 1e-5
+    d.tie_embeddings = False
+    d.max_seq_len = 4096  # only for FLOP accounting / sanity checks; RoPE has no table
+    d.attn_bias = False  # q/k/v projection biases (Qwen2); Llama and Mistral have none
+    # Tokens the vocabulary really holds when `vocab_size` is padded (to a multiple of 128, for
+    # sharding; `python -m mm1_jax.convert decoder --pad_vocab_multiple`): the logits of rows
+    # from here on are masked. None = every row is a token.
+    d.real_vocab_size = config_dict.placeholder(int)
+    return d
+
+
+def _moe() -> ml_collections.ConfigDict:
+    """`cfg.model.moe`: the top-2 mixture of experts (MM1 section 4); 0 experts = dense."""
+    m = ml_collections.ConfigDict()
+    m.num_experts = 0  # 0 = dense decoder
+    m.every = 2  # a sparse FFN replaces every `every`-th dense FFN (3B-MoE: 2, 7B-MoE: 4)
+    m.top_k = 2  # GShard top-2
+    m.expert_mlp_dim = config_dict.placeholder(int)  # defaults to decoder.mlp_dim
+    m.capacity_factor = 1.25  # training capacity factor (GShard); inference never drops
+    m.mode = "capacity"  # training: "capacity" (index dispatch, drops over capacity) or "dropless"
+    # One of GROUPED_MATMULS: the dropless path's grouped matmul (inference always runs it).
+    # "auto": JAX's Pallas megablox kernel on TPU, `jax.lax.ragged_dot` elsewhere.
+    m.grouped_matmul = "auto"
+    m.load_balance_coef = 0.01  # MM1 section 4
+    m.z_loss_coef = 0.001  # MM1 section 4 (ST-MoE router z-loss)
+    m.group_size = 4096  # tokens per routing group, capacity path; a group never spans two rows
+    return m
+
+
+def _data() -> ml_collections.ConfigDict:
+    """`cfg.data`: the corpus, the 45/45/10 mixture (MM1 section 4) and the input pipeline."""
+    data = ml_collections.ConfigDict()
+    data.dir = config_dict.placeholder(str)  # ArrayRecord shards: <dir>/<kind>/*.array_record
+    data.tokenizer = config_dict.placeholder(str)  # sentencepiece .model
+    data.max_images = 16  # per packed sequence (MM1 section 4)
+    data.mixture = ml_collections.ConfigDict(
+        {"interleaved": 0.45, "caption": 0.45, "text": 0.10}
+    )  # MM1 section 4 final mix: shares of training sequences (see mix_level)
+    # What the mixture weights are shares of. "sequence": each kind is packed into rows on its
+    # own and the rows are mixed, so the weights are shares of training sequences, as in MM1
+    # (and AXLearn, which mixes packed sources). "item": items are mixed before packing (the
+    # old behaviour); items differ ~7x in length, so the weights are then far from the share
+    # of sequences or tokens (docs/data.md).
+    data.mix_level = "sequence"
+    data.shuffle_seed = 0
+    data.worker_count = 0  # grain worker processes; 0 = in-process
+    data.prefetch = 2  # batches prefetched ahead of the step (a thread, or per worker)
+    # Images are resized to model.vision.image_size (uint8; the model normalises on device).
+    data.interpolation = "bicubic"  # nearest | bilinear | bicubic (CLIP) | lanczos
+    data.resize_mode = "center_crop"  # center_crop (CLIP: central square) | squash (whole image)
+    # Threads reading + decoding items (PIL frees the GIL), and decoded items buffered ahead of
+    # the packer: per process, and per kind when mix_level is "sequence" (a packer per kind).
+    data.read_threads = 4
+    data.read_buffer = 64
+    # First-fit packing keeps this many rows open (at least the per-process batch; per kind when
+    # mix_level is "sequence"); more rows waste less padding and hold more items in memory (docs/data.md, benchmarks/data_packing.py).
+    data.packing_bins = 32
+    return data
+
+
+def _train() -> ml_collections.ConfigDict:
+    """`cfg.train`: steps, batch and sequence (MM1 section 4), and the loop's settings."""
+    train = ml_collections.ConfigDict()
+    train.steps = 200_000  # MM1 section 4
+    train.batch_size = 512  # global, in sequences
+    train.seq_len = 4096
+    train.grad_accum = 1
+    train.log_every = 10
+    train.max_bad_steps = 10  # consecutive non-finite steps before the run stops
+    # Peak FLOP/s of one device for perf/mfu; None = a table of known accelerators, or on CPU a
+    # float32 matmul measured once at start-up (mm1_jax/train/metrics.py).
+    train.peak_flops = config_dict.placeholder(float)
+    # JAX's persistent compilation cache: a restart (pre-emption, resume) reuses the compiled
+    # step instead of compiling it again. "" turns it off.
+    train.compile_cache_dir = "~/.cache/mm1_jax/jax"
+    return train
+
+
+def _optim() -> ml_collections.ConfigDict:
+    """`cfg.optim`: AdamW with MM1's eta(N) and lambda = 0.1 eta, freezing and multipliers."""
+    o = ml_collections.ConfigDict()
+    o.lr = config_dict.placeholder(float)  # None: eta(N) from MM1 eq. (1)
+    o.weight_decay_ratio = 0.1  # lambda = 0.1 * eta (MM1 section 4)
+    o.warmup_steps = 2000
+    o.end_lr_ratio = 0.1  # cosine decays to this fraction of the peak
+    o.b1 = 0.9
+    o.b2 = 0.95
+    o.eps = 1e-8
+    o.clip_norm = 1.0
+    # Per-group learning-rate multipliers: ((regex over "/"-joined parameter path, mult), ...).
+    # A multiplier of 0 freezes the group (no update, no optimizer state moment drift).
+    o.lr_mult = ()
+    o.freeze = ()  # regexes of frozen parameter paths
+    # Weight decay skips every parameter of rank < 2 (biases, norm gains; common practice, the
+    # paper does not say; mm1_jax/train/optimizer.py). Regexes here exempt further parameters.
+    o.no_decay = ()
+    return o
 
 
 # Evaluator types and the fields each one needs set (mm1_jax/eval/evaluators.py).
@@ -291,6 +325,14 @@ def _require(cond: bool, key: str, msg: str) -> None:
 
 def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Checks relations between fields; raises ConfigError naming the key and the fix."""
+    _check_model(cfg)
+    _check_data_and_training(cfg)
+    _check_mesh(cfg)
+    _check_evals(cfg)
+    return cfg
+
+
+def _check_model(cfg: ml_collections.ConfigDict) -> None:
     v, k, d, m = cfg.model.vision, cfg.model.connector, cfg.model.decoder, cfg.model.moe
     for key in ("dtype", "param_dtype"):
         _require(cfg.model[key] in DTYPES, f"model.{key}", f"{cfg.model[key]!r} is not one of {DTYPES}")
@@ -349,6 +391,9 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                  f"{m.grouped_matmul!r} is not one of {GROUPED_MATMULS}")
         _require(m.capacity_factor > 0, "model.moe.capacity_factor", "must be positive")
 
+
+def _check_data_and_training(cfg: ml_collections.ConfigDict) -> None:
+    k = cfg.model.connector
     mix = cfg.data.mixture
     _require(set(mix.keys()) <= set(KINDS), "data.mixture",
              f"unknown kinds {sorted(set(mix.keys()) - set(KINDS))}; use {KINDS}")
@@ -373,6 +418,8 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(cfg.checkpoint.every >= 1 and cfg.checkpoint.keep >= 1, "checkpoint",
              f"every ({cfg.checkpoint.every}) and keep ({cfg.checkpoint.keep}) must be >= 1")
 
+
+def _check_mesh(cfg: ml_collections.ConfigDict) -> None:
     shape = tuple(cfg.mesh.shape)
     _require(len(shape) == len(MESH_AXES), "mesh.shape",
              f"{shape} must give one size per axis {MESH_AXES}")
@@ -380,13 +427,13 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
              "mesh.shape", f"{shape}: sizes must be >= 1 with at most one -1")
     sizes = dict(zip(MESH_AXES, shape))
     if all(sizes[a] != -1 for a in BATCH_MESH_AXES):  # else only the device count can tell
-        dp = math.prod(sizes[a] for a in BATCH_MESH_AXES)
-        _require(cfg.train.batch_size % (dp * cfg.train.grad_accum) == 0, "train.batch_size",
-                 f"{cfg.train.batch_size} is not divisible by data parallelism "
-                 f"({' x '.join(f'{a}={sizes[a]}' for a in BATCH_MESH_AXES)} = {dp}) x "
-                 f"train.grad_accum ({cfg.train.grad_accum}); use a multiple of "
-                 f"{dp * cfg.train.grad_accum}")
+        check_batch_split(cfg.train, mesh_sizes=sizes)
 
+
+def _check_evals(cfg: ml_collections.ConfigDict) -> None:
+    _require(not cfg.evals or bool(cfg.data.tokenizer), "data.tokenizer",
+             f"evaluators {sorted(cfg.evals)} encode their prompts with the model's tokenizer; "
+             "set it (or remove the evaluators)")
     for name, e in cfg.evals.items():
         key = f"evals.{name}"
         _require(e.get("type") in EVAL_TYPES, f"{key}.type",
@@ -400,7 +447,24 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _require(0 <= e.support_fraction < 1, f"{key}.support_fraction", "must be in [0, 1)")
         _require(e.support_fraction > 0 or not any(e.shots), f"{key}.support_fraction",
                  "0 leaves no in-context examples for shots > 0")
-    return cfg
+
+
+def check_batch_split(train: ml_collections.ConfigDict, *, mesh_sizes: dict[str, int] | None = None,
+                      processes: int = 1) -> None:
+    """The one statement of how the global batch (`train`: `cfg.train`) must split: into
+    `train.grad_accum` micro-batches over the batch's mesh axes (`mesh_sizes`: axis -> size,
+    when known), and over the `processes` that load it. `validate` applies it to a mesh shape
+    without -1, start-up to the resolved mesh, the pipeline to its shard count."""
+    b, accum = train.batch_size, train.grad_accum
+    if mesh_sizes is not None:
+        dp = math.prod(mesh_sizes[a] for a in BATCH_MESH_AXES)
+        _require(b % (dp * accum) == 0, "train.batch_size",
+                 f"{b} is not divisible by data parallelism "
+                 f"({' x '.join(f'{a}={mesh_sizes[a]}' for a in BATCH_MESH_AXES)} = {dp}) x "
+                 f"train.grad_accum ({accum}); use a multiple of {dp * accum}")
+    _require(b % processes == 0, "train.batch_size",
+             f"{b} sequences do not split over {processes} processes; use a multiple of "
+             f"{processes}")
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:

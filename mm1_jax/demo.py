@@ -17,10 +17,6 @@ from ml_collections import config_flags
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            "experiments", "demo_cpu.py")
 
-_CONFIG = config_flags.DEFINE_config_file("config", DEMO_CONFIG, "The demo's config.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default workdir/<config.name>).")
-
 
 def main(argv):
     del argv
@@ -31,8 +27,8 @@ def main(argv):
 
     quiet_library_logs()
 
-    cfg = _CONFIG.value
-    workdir = _WORKDIR.value or os.path.join("workdir", cfg.name)
+    cfg = flags.FLAGS.config
+    workdir = flags.FLAGS.workdir or os.path.join("workdir", cfg.name)
     ensure_demo_data(cfg.data.dir)
     try:
         result = train(cfg, workdir)
@@ -47,4 +43,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # Flags are defined here, not at import, so programs with their own flags can import this.
+    config_flags.DEFINE_config_file("config", DEMO_CONFIG, "The demo's config.", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Run directory (default workdir/<config.name>).")
     app.run(main)

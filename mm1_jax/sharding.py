@@ -114,6 +114,12 @@ def make_mesh(mesh_shape: Sequence[int], devices: Sequence[Any] | None = None) -
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
 
 
+def axes_size(mesh, axes: str | tuple[str, ...] | None) -> int:
+    """Devices along the mesh axis (or axes) `axes` of a PartitionSpec entry; 1 for None."""
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    return math.prod(dict(mesh.shape)[a] for a in axes)
+
+
 def data_parallel_size(mesh: Mesh) -> int:
     """How many ways the batch is split (the product of the batch's mesh axes)."""
     return math.prod(mesh.shape[a] for a in BATCH_MESH_AXES)

@@ -7,7 +7,8 @@ discovers travels as values, never written back into the config:
 
 - `SpecialIds`: the tokenizer's special token ids (`<image>`, `<pad>`, ...), for the model, the
   pipeline and evaluation;
-- the device mesh;
+- the device mesh, and the kernels the layers run on its devices (`Kernels`: "auto" resolved
+  here, once; no layer looks at the platform);
 - the abstract model (shapes, logical axis names) built once, with its statistics (parameter
   counts, MM1's eta(N), training FLOPs per token and per image) derived from it;
 - the peak learning rate: `optim.lr`, or eta(N) (MM1 eq. 1).
@@ -25,10 +26,10 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from mm1_jax import sharding
-from mm1_jax.config import ConfigError, validate
+from mm1_jax.config import CUDNN_DTYPES, ConfigError, check_batch_split, validate
 from mm1_jax.data import pipeline
 from mm1_jax.data.tokenizer import SpecialIds, Tokenizer, TokenizerError
-from mm1_jax.models import attention, moe
+from mm1_jax.models.kernels import Kernels
 from mm1_jax.models.mm1 import MM1Model
 from mm1_jax.models.stats import ModelStats, model_stats
 
@@ -50,19 +51,21 @@ class Run:
     cfg: ml_collections.ConfigDict  # validated; read, never written
     special: SpecialIds
     mesh: Mesh
+    kernels: Kernels  # resolved for the mesh's devices; the model is built with them
     model: AbstractModel
     peak_lr: float  # optim.lr, or eta(N) of MM1 eq. (1)
 
 
-def build_model(m: ml_collections.ConfigDict, special: SpecialIds, seed: int) -> MM1Model:
+def build_model(m: ml_collections.ConfigDict, special: SpecialIds, seed: int,
+                kernels: Kernels = Kernels()) -> MM1Model:
     """The MM1 model of `m` (`cfg.model`) with freshly initialised parameters."""
-    return MM1Model(m, image_token_id=special.image, rngs=nnx.Rngs(seed))
+    return MM1Model(m, image_token_id=special.image, kernels=kernels, rngs=nnx.Rngs(seed))
 
 
 def abstract_model(cfg: ml_collections.ConfigDict, special: SpecialIds, *,
-                   with_image_flops: bool = True) -> AbstractModel:
+                   kernels: Kernels = Kernels(), with_image_flops: bool = True) -> AbstractModel:
     """The model under `nnx.eval_shape` (nothing allocated) and its statistics."""
-    model = nnx.eval_shape(lambda: build_model(cfg.model, special, cfg.seed))
+    model = nnx.eval_shape(lambda: build_model(cfg.model, special, cfg.seed, kernels))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     if jax.tree.leaves(rest):
         raise ValueError(f"the model holds non-parameter state the trainer does not carry: {rest}")
@@ -112,28 +115,27 @@ def check_evals(cfg: ml_collections.ConfigDict) -> None:
                 raise ConfigError(f"config.evals.{name}.{field}: {path!r} does not exist")
 
 
-def check_devices(cfg: ml_collections.ConfigDict, mesh: Mesh) -> None:
-    """The global batch splits over the processes, the mesh's data parallelism and the
-    gradient-accumulation micro-batches; the attention and grouped-matmul kernels run on the
-    mesh's devices."""
-    b, accum, dp = cfg.train.batch_size, cfg.train.grad_accum, sharding.data_parallel_size(mesh)
-    if b % (dp * accum):
-        axes = " x ".join(f"{a}={mesh.shape[a]}" for a in sharding.BATCH_MESH_AXES)
-        raise ConfigError(
-            f"config.train.batch_size: {b} is not divisible by data parallelism ({axes} = {dp}) "
-            f"x train.grad_accum ({accum}) = {dp * accum}; use a multiple of {dp * accum}")
-    if b % jax.process_count():
-        raise ConfigError(f"config.train.batch_size: {b} does not split over "
-                          f"{jax.process_count()} processes")
-    where = mesh.devices.flat[0].platform
-    try:
-        attention.implementation(cfg.model.attention, where, cfg.model.dtype)
-    except ValueError as e:
-        raise ConfigError(f"config.model.attention: {e}") from None
-    try:
-        moe.grouped_matmul(cfg.model.moe.grouped_matmul, where)
-    except ValueError as e:
-        raise ConfigError(f"config.model.moe.grouped_matmul: {e}") from None
+def resolve_kernels(m: ml_collections.ConfigDict, platform: str) -> Kernels:
+    """The kernels `m.attention` and `m.moe.grouped_matmul` (`cfg.model`) run as on devices of
+    `platform`: "auto" is splash attention and the megablox grouped matmul on TPU, cuDNN
+    attention on GPU in CUDNN_DTYPES, XLA otherwise. The Pallas TPU kernels also run on CPU,
+    interpreted (for tests); a kernel that cannot run on `platform` is a ConfigError."""
+    attention, gmm = m.attention, m.moe.grouped_matmul
+    if attention == "auto":
+        attention = ("splash" if platform == "tpu" else
+                     "cudnn" if platform == "gpu" and m.dtype in CUDNN_DTYPES else "xla")
+    elif attention == "splash" and platform not in ("tpu", "cpu"):
+        raise ConfigError(f"config.model.attention: 'splash' is a Pallas TPU kernel and the "
+                          f"devices are {platform}; use 'auto' or 'xla'")
+    elif attention == "cudnn" and platform != "gpu":
+        raise ConfigError(f"config.model.attention: 'cudnn' needs NVIDIA GPUs and the devices "
+                          f"are {platform}; use 'auto' or 'xla'")
+    if gmm == "auto":
+        gmm = "megablox" if platform == "tpu" else "xla"
+    elif gmm == "megablox" and platform not in ("tpu", "cpu"):
+        raise ConfigError(f"config.model.moe.grouped_matmul: 'megablox' is a Pallas TPU kernel "
+                          f"and the devices are {platform}; use 'auto' or 'xla'")
+    return Kernels(attention=attention, grouped_matmul=gmm, interpret=platform == "cpu")
 
 
 def start(cfg: ml_collections.ConfigDict, *, devices: Sequence[Any] | None = None,
@@ -150,7 +152,8 @@ def start(cfg: ml_collections.ConfigDict, *, devices: Sequence[Any] | None = Non
         pipeline.check_corpus(cfg)
     check_evals(cfg)
     mesh = sharding.make_mesh(cfg.mesh.shape, devices)
-    check_devices(cfg, mesh)
-    model = abstract_model(cfg, special)
+    check_batch_split(cfg.train, mesh_sizes=dict(mesh.shape), processes=jax.process_count())
+    kernels = resolve_kernels(cfg.model, mesh.devices.flat[0].platform)
+    model = abstract_model(cfg, special, kernels=kernels)
     peak = float(cfg.optim.lr) if cfg.optim.lr is not None else model.stats.peak_lr
-    return Run(cfg=cfg, special=special, mesh=mesh, model=model, peak_lr=peak)
+    return Run(cfg=cfg, special=special, mesh=mesh, kernels=kernels, model=model, peak_lr=peak)

@@ -11,12 +11,8 @@ from ml_collections import config_flags
 from mm1_jax.config import validate
 from mm1_jax.models.stats import ModelStats
 from mm1_jax.startup import abstract_model
-from mm1_jax.train.synthetic import SPECIAL
+from mm1_jax.data.synthetic import SPECIAL
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
-flags.mark_flag_as_required("config")
 
 
 def _human(n: float) -> str:
@@ -43,11 +39,15 @@ def format_table(name: str, s: ModelStats) -> str:
 
 def main(argv):
     del argv
-    cfg = validate(_CONFIG.value)
+    cfg = validate(flags.FLAGS.config)
     # Which token ids are special changes no size or FLOP count: no tokenizer is needed.
     stats = abstract_model(cfg, SPECIAL).stats
-    print(json.dumps(stats.as_dict()) if _JSON.value else format_table(cfg.name, stats))
+    print(json.dumps(stats.as_dict()) if flags.FLAGS.json else format_table(cfg.name, stats))
 
 
 if __name__ == "__main__":
+    # Flags are defined here, not at import, so programs with their own flags can import this.
+    config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+    flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+    flags.mark_flag_as_required("config")
     app.run(main)

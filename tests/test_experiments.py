@@ -15,8 +15,9 @@ import pytest
 from flax import nnx
 
 from mm1_jax.config import ConfigError, base_config, load_config, peak_lr, validate
+from mm1_jax.data.batch import batch_spec
 from mm1_jax.startup import abstract_model
-from mm1_jax.train.synthetic import SPECIAL
+from mm1_jax.data.synthetic import SPECIAL
 from mm1_jax.models.mm1 import MM1Model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +33,7 @@ def exp(name):
 
 
 def test_eta_matches_mm1_formula():
-    assert f"{peak_lr(3e10):.1e}" == "2.2e-05"  # SPEC.md: N = 3e10 gives 2.2e-5
+    assert f"{peak_lr(3e10):.1e}" == "2.2e-05"  # MM1 section 4: N = 3e10 gives 2.2e-5
     # Independent evaluation of exp(-0.4214 ln N - 0.5535) = e^-0.5535 * N^-0.4214.
     assert peak_lr(1.2e9) == pytest.approx(np.exp(-0.5535) * 1.2e9 ** -0.4214, rel=1e-12)
 
@@ -69,23 +70,14 @@ def test_moe_active_parameters():
     assert s["lr_params"] == s["non_embedding"] - s["vision"] - s["connector"] - n_moe * (63 * expert + d.width * 64)
 
 
-def _abstract_batch(cfg, b=1):
-    s, n, hw = cfg.train.seq_len, cfg.data.max_images, cfg.model.vision.image_size
-    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)  # noqa: E731
-    return {"tokens": i32(b, s), "targets": i32(b, s), "positions": i32(b, s), "segment_ids": i32(b, s),
-            "loss_mask": jax.ShapeDtypeStruct((b, s), jnp.float32),
-            "images": jax.ShapeDtypeStruct((b, n, hw, hw, 3), jnp.uint8),
-            "image_mask": jax.ShapeDtypeStruct((b, n), jnp.bool_)}
-
-
 def _train_like_step(cfg, batch):
     model = MM1Model(cfg.model, image_token_id=SPECIAL.image, rngs=nnx.Rngs(0))
     opt = nnx.Optimizer(model, optax.adamw(1e-4), wrt=nnx.Param)
 
     def loss_fn(model):
         logits, aux = model(batch)
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["targets"])
-        return (ce * batch["loss_mask"]).sum() / batch["loss_mask"].sum() + aux["moe/aux_loss"]
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch.targets)
+        return (ce * batch.loss_mask).sum() / batch.loss_mask.sum() + aux["moe/aux_loss"]
 
     loss, grads = nnx.value_and_grad(loss_fn)(model)
     opt.update(model, grads)
@@ -95,7 +87,7 @@ def _train_like_step(cfg, batch):
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: os.path.basename(p)[:-3])
 def test_train_like_step_traces_abstractly(path):
     cfg = load_config(path)
-    loss = jax.eval_shape(lambda b: _train_like_step(cfg, b), _abstract_batch(cfg))
+    loss = jax.eval_shape(lambda b: _train_like_step(cfg, b), batch_spec(cfg, rows=1))
     assert loss.shape == () and loss.dtype == jnp.float32
 
 

@@ -1,4 +1,4 @@
-"""Dependencies point one way (STYLE.md, "Joints"): config -> data, models -> start-up -> train,
+"""Dependencies point one way: config -> data, models -> start-up -> train,
 and the trainer builds evaluators, never the reverse. Read from the source (every `import` and
 `from ... import`, lazy ones inside functions included), so a lazy import cannot hide a cycle."""
 

@@ -16,7 +16,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from mm1_jax.data.batch import targets_and_loss_mask
+from mm1_jax.data.batch import Batch, targets_and_loss_mask
 from mm1_jax.data.tokenizer import SpecialIds
 
 META_FEATURES = ("images", "kind", "truncated", "dropped_before")
@@ -74,7 +74,7 @@ def pack(ds: grain.IterDataset, *, seq_len: int, max_images: int, num_bins: int,
 
 
 class Collate:
-    """Packed rows -> one batch in the schema of pipeline.make_iterator (a Grain batch_fn).
+    """Packed rows -> one `Batch` (mm1_jax.data.batch; a Grain batch_fn).
 
     Targets and the loss mask come from mm1_jax.data.batch.targets_and_loss_mask, here where
     the packer has fixed the segment boundaries, vectorised over the batch.
@@ -99,29 +99,21 @@ class Collate:
     def __getstate__(self):  # worker processes start with an empty pool
         return {**self.__dict__, "_pool": [], "_written": []}
 
-    def __call__(self, rows: list[dict]) -> dict:
+    def __call__(self, rows: list[dict]) -> Batch:
         tokens = np.stack([r["tokens"] for r in rows])  # [b, S]
         seg = np.stack([r["tokens_segment_ids"] for r in rows])
         targets, loss_mask = targets_and_loss_mask(tokens, seg, self.special)
         # kind of each segment: the packer appends items (and their meta values) in order
         kinds = np.stack([np.array([0, *r["kind"]], np.int32)[s] for r, s in zip(rows, seg)])
         mask = np.stack([r["image_slots_segment_ids"] > 0 for r in rows])
-        return {
-            "tokens": tokens,
-            "targets": targets,
-            "loss_mask": loss_mask,
-            "segment_ids": seg,
-            "positions": np.stack([r["tokens_positions"] for r in rows]),
-            "kinds": kinds,
-            "images": self._pixels(rows, mask),
-            "image_mask": mask,
-            # counters for the trainer's data/ metrics, not model inputs
-            "truncated": np.array([sum(r["truncated"]) for r in rows], np.int32),
-            "dropped": np.array([sum(r["dropped_before"]) for r in rows], np.int32),
-        }
+        return Batch(
+            tokens=tokens, targets=targets, loss_mask=loss_mask, segment_ids=seg,
+            positions=np.stack([r["tokens_positions"] for r in rows]), kinds=kinds,
+            images=self._pixels(rows, mask), image_mask=mask,
+            truncated=np.array([sum(r["truncated"]) for r in rows], np.int32),
+            dropped=np.array([sum(r["dropped_before"]) for r in rows], np.int32))
 
     def _pixels(self, rows: list[dict], mask: np.ndarray) -> np.ndarray:
-        s = self.image_size
         images, written = self._recycled(len(rows))
         images[written & ~mask] = 0  # slots a previous batch filled and this one does not
         written[...] = mask

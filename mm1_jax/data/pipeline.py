@@ -11,8 +11,7 @@ thread (`data.worker_count == 0`) or in worker processes.
 
 Everything up to the packer is a pure function of the element index, and the iterators after it
 keep their state in `get_state()`, so a restored iterator yields exactly the batches that would
-have come (see `save_state` / `restore_state`, and docs/data.md for the trainer's
-CheckpointManager).
+have come (the trainer checkpoints it with grain's Orbax handler: docs/data.md).
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import os
 import grain
 import numpy as np
 
-from mm1_jax.config import ConfigError
+from mm1_jax.config import ConfigError, check_batch_split
 from mm1_jax.data import examples, packing, records
 from mm1_jax.data.kinds import KINDS
 from mm1_jax.data.tokenizer import Tokenizer
@@ -115,9 +114,7 @@ def make_dataset(cfg, *, shard_index: int, shard_count: int) -> grain.IterDatase
     check_corpus(cfg)
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index {shard_index} is outside 0..{shard_count - 1}")
-    if cfg.train.batch_size % shard_count:
-        raise ConfigError(f"config.train.batch_size: {cfg.train.batch_size} sequences do not "
-                          f"split over {shard_count} processes; use a multiple of {shard_count}")
+    check_batch_split(cfg.train, processes=shard_count)
     d = cfg.data
     spec = item_spec(cfg)
     tok = Tokenizer(d.tokenizer)
@@ -167,12 +164,8 @@ def make_iterator(cfg, *, shard_index: int | None = None,
                   shard_count: int | None = None) -> grain.DatasetIterator:
     """Batches for this process: a Grain DatasetIterator with get_state() / set_state().
 
-    Each batch is a dict of numpy arrays, b = train.batch_size // shard_count rows, S = seq_len,
-    M = data.max_images, H = W = model.vision.image_size:
-      tokens, targets int32 [b, S]; loss_mask float32 [b, S]; segment_ids (0 = padding) and
-      positions (restart per segment) int32 [b, S]; kinds int32 [b, S] (0 pad, 1 interleaved,
-      2 caption, 3 text); images uint8 [b, M, H, W, 3] (the model normalises them on device); image_mask bool [b, M];
-      truncated, dropped int32 [b] (items cut / dropped while filling each row).
+    Each element is a `mm1_jax.data.batch.Batch` of numpy arrays with
+    b = train.batch_size // shard_count rows (`batch_spec(cfg, b)` gives the shapes).
     shard_index / shard_count default to jax.process_index() / jax.process_count().
     """
     if shard_index is None or shard_count is None:
@@ -181,23 +174,3 @@ def make_iterator(cfg, *, shard_index: int | None = None,
         shard_index = jax.process_index() if shard_index is None else shard_index
         shard_count = jax.process_count() if shard_count is None else shard_count
     return iter(make_dataset(cfg, shard_index=shard_index, shard_count=shard_count))
-
-
-# ------------------------------------------------------------------------------ checkpoints
-
-
-def save_state(iterator: grain.DatasetIterator, directory: str) -> None:
-    """Saves the iterator's position with Orbax (grain's handler; one JSON file per process)."""
-    import orbax.checkpoint as ocp
-
-    with ocp.Checkpointer(grain.checkpoint.CheckpointHandler()) as ckpt:
-        ckpt.save(os.path.abspath(directory), args=grain.checkpoint.CheckpointSave(iterator))
-
-
-def restore_state(iterator: grain.DatasetIterator, directory: str) -> grain.DatasetIterator:
-    """Restores a position saved by save_state (or by a CheckpointManager item) into `iterator`."""
-    import orbax.checkpoint as ocp
-
-    with ocp.Checkpointer(grain.checkpoint.CheckpointHandler()) as ckpt:
-        return ckpt.restore(os.path.abspath(directory),
-                            args=grain.checkpoint.CheckpointRestore(iterator))

@@ -91,9 +91,6 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return self._sp.encode(text, out_type=int)
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return self._sp.encode(texts, out_type=int)
-
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`; special tokens are dropped (control pieces decode to nothing)."""
         return self._sp.decode([int(i) for i in ids])

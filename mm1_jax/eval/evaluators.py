@@ -157,11 +157,7 @@ def from_config(cfg: ml_collections.ConfigDict, tok: Tokenizer | None = None) ->
     defaults to `cfg.data.tokenizer`'s."""
     if not cfg.evals:
         return []
-    if tok is None:
-        if not cfg.data.tokenizer:
-            raise ValueError("config.data.tokenizer is not set; evaluation encodes prompts with "
-                             "the model's tokenizer")
-        tok = Tokenizer(cfg.data.tokenizer)
+    tok = tok or Tokenizer(cfg.data.tokenizer)  # set whenever evals are (config.validate)
     ctx = Context.from_config(cfg, tok)
     out = []
     for name in sorted(cfg.evals):

@@ -27,9 +27,8 @@ def _unit(key: str) -> float:
 
 def split_support(examples: Sequence[T], image_id: Callable[[T], object],
                   support_fraction: float, seed: int = 0) -> tuple[list[T], list[T]]:
-    """(support, query): each image and all its examples go to one side."""
-    if not 0.0 <= support_fraction < 1.0:
-        raise ValueError(f"support_fraction {support_fraction} must be in [0, 1)")
+    """(support, query): each image and all its examples go to one side; `support_fraction` in
+    [0, 1) (`config.evals.<name>.support_fraction`, checked by config.validate)."""
     support, query = [], []
     for ex in examples:
         side = support if _unit(f"{seed}:split:{image_id(ex)}") < support_fraction else query

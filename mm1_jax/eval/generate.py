@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from mm1_jax import sharding
-from mm1_jax.models.mm1 import MM1Model, PlaceholderMismatchError, placeholder_mismatch
+from mm1_jax.models.mm1 import MM1Model, check_placeholders
 
 
 def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int):
@@ -57,36 +57,26 @@ def _cut(rows: np.ndarray, stop_ids: Sequence[int]) -> list[list[int]]:
     return out
 
 
-def _check_placeholders(model: MM1Model, tokens, image_mask):
-    bad = np.asarray(placeholder_mismatch(tokens, image_mask, model.image_token_id, model.tokens_per_image))
-    if bad.any():
-        raise PlaceholderMismatchError(
-            f"prompts {np.flatnonzero(bad).tolist()} have placeholder counts that differ from "
-            f"image_mask.sum() x {model.tokens_per_image} by {bad[bad != 0].tolist()}")
-
-
 def generate(model: MM1Model, prompts: Sequence[Sequence[int]], images: np.ndarray,
              image_mask: np.ndarray, *, max_new_tokens: int, stop_ids: Sequence[int], pad_id: int,
-             temperature: float = 0.0, rng: jax.Array | None = None,
-             use_cache: bool = True) -> list[list[int]]:
+             temperature: float = 0.0, rng: jax.Array | None = None) -> list[list[int]]:
     """Continues each prompt; returns the new tokens of each row, cut before the first stop id.
 
     prompts: token lists that already hold image placeholder runs; images: [b, n_img, H, W, 3]
     uint8 pixels as the data pipeline ships them (the model normalises them); image_mask:
-    [b, n_img]. `use_cache=False` recomputes the whole sequence every step (a reference for
-    tests; same results, quadratic cost).
+    [b, n_img].
     """
     tokens, valid = _left_pad(prompts, pad_id)
     image_mask = np.asarray(image_mask, bool)
-    _check_placeholders(model, tokens, image_mask)
+    check_placeholders(tokens, image_mask, model.image_token_id, model.tokens_per_image,
+                       what="prompts")
     if temperature > 0 and rng is None:
         raise ValueError("sampling (temperature > 0) needs an rng key")
     key = np.asarray(jax.random.key_data(rng if rng is not None else jax.random.key(0)))
-    fn = _decode_cached if use_cache else _decode_uncached
     graphdef, state = nnx.split(model)
     inputs = sharding.to_mesh_inputs((tokens, valid, np.asarray(images), key),
                                      sharding.mesh_of(state))
-    out = fn(graphdef, state, *inputs, max_new_tokens, float(temperature))
+    out = _decode_cached(graphdef, state, *inputs, max_new_tokens, float(temperature))
     return _cut(sharding.to_host(out), set(stop_ids))
 
 
@@ -123,28 +113,3 @@ def _decode_cached(graphdef, state, tokens, valid, images, key, max_new, tempera
 
     out, *_ = jax.lax.fori_loop(1, max_new, step, (out, cache, key_valid, dec_state))
     return out
-
-
-@functools.partial(jax.jit, static_argnums=(0, 6, 7))
-def _decode_uncached(graphdef, state, tokens, valid, images, key, max_new, temperature):
-    rng = jax.random.wrap_key_data(key)
-    b, length = tokens.shape
-    total = length + max_new
-    buf = jnp.zeros((b, total), jnp.int32).at[:, :length].set(tokens)
-    seg = jnp.zeros((b, total), jnp.int32).at[:, :length].set(valid.astype(jnp.int32))
-    rngs = jax.random.split(rng, max_new)
-    image_mask = jnp.ones(images.shape[:2], bool)  # placeholders were checked on the host
-
-    def step(i, carry):
-        buf, seg, state = carry
-        model = nnx.merge(graphdef, state)
-        positions = jnp.maximum(jnp.cumsum(seg, axis=1) - 1, 0)
-        batch = {"tokens": buf, "positions": positions, "segment_ids": seg, "images": images,
-                 "image_mask": image_mask}
-        logits, _ = model(batch, train=False)
-        last = jax.lax.dynamic_index_in_dim(logits, length + i - 1, 1, keepdims=False)
-        nxt = _pick(last, rngs[i], temperature, model.image_token_id)
-        return buf.at[:, length + i].set(nxt), seg.at[:, length + i].set(1), state
-
-    buf, *_ = jax.lax.fori_loop(0, max_new, step, (buf, seg, state))
-    return buf[:, length:]

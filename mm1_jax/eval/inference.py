@@ -18,6 +18,8 @@ import numpy as np
 from flax import nnx
 
 from mm1_jax import sharding
+from mm1_jax.data.batch import Batch, targets_and_loss_mask
+from mm1_jax.data.kinds import KIND_IDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +62,8 @@ def _nll(graphdef, state, batch):
     model = nnx.merge(graphdef, state)
     logits, _ = model(batch, train=False)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    picked = jnp.take_along_axis(logp, batch["targets"][..., None], axis=-1)[..., 0]
-    return -(picked * batch["loss_mask"]).sum(), batch["loss_mask"].sum()
+    picked = jnp.take_along_axis(logp, batch.targets[..., None], axis=-1)[..., 0]
+    return -(picked * batch.loss_mask).sum(), batch.loss_mask.sum()
 
 
 def text_perplexity(model, docs: Sequence[Sequence[int]], *, batch_size: int, seq_len: int,
@@ -70,8 +72,6 @@ def text_perplexity(model, docs: Sequence[Sequence[int]], *, batch_size: int, se
     mm1_jax.data.examples.layout writes them), each cut to seq_len and alone in its row: exp of
     the mean negative log-likelihood of the tokens the trainer's loss counts (targets and mask
     from the batch contract's one function). special: the tokenizer's SpecialIds."""
-    from mm1_jax.data.batch import targets_and_loss_mask
-
     docs = [list(d[:seq_len]) for d in docs if len(d) > 1]
     if not docs:
         raise ValueError("text perplexity: no held-out text tokens to score")
@@ -86,10 +86,11 @@ def text_perplexity(model, docs: Sequence[Sequence[int]], *, batch_size: int, se
             tokens[r, :len(doc)], segment_ids[r, :len(doc)] = doc, 1
             positions[r, :len(doc)] = np.arange(len(doc))
         targets, loss_mask = targets_and_loss_mask(tokens, segment_ids, special)
-        b = {"tokens": tokens, "targets": targets, "loss_mask": loss_mask,
-             "segment_ids": segment_ids, "positions": positions,
-             "images": np.zeros((batch_size, 0, image_size, image_size, 3), np.uint8),
-             "image_mask": np.zeros((batch_size, 0), bool)}
+        none = np.zeros((batch_size,), np.int32)
+        b = Batch(tokens=tokens, targets=targets, loss_mask=loss_mask, segment_ids=segment_ids,
+                  positions=positions, kinds=np.where(segment_ids > 0, KIND_IDS["text"], 0),
+                  images=np.zeros((batch_size, 0, image_size, image_size, 3), np.uint8),
+                  image_mask=np.zeros((batch_size, 0), bool), truncated=none, dropped=none)
         nll, n_tok = (float(sharding.to_host(x))
                       for x in _nll(graphdef, state, sharding.to_mesh_inputs(b, mesh)))
         total, count = total + float(nll), count + float(n_tok)

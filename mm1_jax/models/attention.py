@@ -4,28 +4,27 @@ Every implementation computes the same thing: a query attends to the keys at or 
 own segment (`segment_ids`, 0 = padding), scaled by 1/sqrt(head_dim). Outputs at padding tokens
 are unused; each implementation keeps them finite but they may differ between implementations.
 
-`config.model.attention` picks the kernel:
+The kernel is `Kernels.attention` (mm1_jax/models/kernels.py), which start-up resolves from
+`config.model.attention` for the devices in use ("auto": splash on TPU, cudnn on GPU in
+bf16/fp16, xla otherwise):
 - "xla": plain XLA ops (`xla_attention`): the rows are cut into up to 8 query blocks, and block
   i scores only the keys up to its own end, so the causal upper triangle is mostly skipped
   ((nb + 1) / 2nb of the full [t, s] scores: 56% at 8 blocks); each block's scores are float32
   and masked with `attention_mask`. Same arithmetic as `jax.nn.dot_product_attention`'s XLA
-  path, and about 2x faster than it on CPU (benchmarks/attention.py; its softmax backward
-  runs there as a slow fused reduction over the full [t, s] scores).
+  path; benchmarks/attention.py times the two on CPU (BENCHMARKS.md).
 - "splash": JAX's Pallas TPU splash attention, a flash-attention kernel that takes the segment
   ids and the causal mask blockwise and never forms a [t, s] array; blocks above the diagonal are
   skipped. GQA runs natively (query head i reads kv head i // (n / g)). Under a mesh the kernel
-  runs inside `jax.shard_map`: rows over the batch axes, heads over `tensor` when `tensor`
-  divides the kv heads (otherwise every tensor shard computes all heads). Rows are padded to a
-  multiple of 128 with padding tokens; blocks are the largest of 512, 256, 128 dividing that.
-  On CPU it runs in Pallas interpret mode (slow; for tests).
+  runs inside `jax.shard_map`: rows over the batch axes, heads as the kv heads split (the rules
+  table's "kv_heads"). Rows are padded to a multiple of 128 with padding tokens; blocks are the
+  largest of 512, 256, 128 dividing that. With `Kernels.interpret` (CPU) it runs in Pallas
+  interpret mode (slow; for tests).
 - "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")`, cuDNN's flash attention, on
   NVIDIA GPUs in bf16/fp16. Its public entry point takes no segment ids (the packed
   `q_offsets`/`kv_offsets` form exists only in `jax._src`, Hopper only), so the segment mask is
   passed as cuDNN's additive [b, 1, t, s] bias (with `is_causal`, so blocks above the diagonal
   are skipped): no [b, n, t, s] scores, but the bias and its gradient are [b, 1, t, s] arrays.
   Not run on a GPU in this repository's tests (none was available).
-- "auto": splash on TPU, cudnn on GPU in bf16/fp16, xla otherwise; decided at trace time by the
-  platform of the devices in use (the mesh's, else the default backend).
 
 The KV-cache path of generation (`Decoder.forward_with_cache`) always uses xla.
 
@@ -39,7 +38,7 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
 from jax.sharding import PartitionSpec
 
-from mm1_jax.config import CUDNN_DTYPES
+from mm1_jax.models.kernels import Kernels
 from mm1_jax.sharding import spec_for
 
 SPLASH_BLOCKS = (512, 256, 128)  # block sizes tried, largest first; rows pad to the last
@@ -58,42 +57,15 @@ def attention_mask(q_segments: jax.Array, kv_segments: jax.Array, q_start=0) -> 
     return (((k_pos <= q_pos) & same & real) | (k_pos == q_pos))[:, None]
 
 
-def platform() -> str:
-    """The platform of the devices in use: the context mesh's, else the default backend's."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if not mesh.empty and mesh.abstract_device is not None:
-        return mesh.abstract_device.platform
-    return jax.default_backend()
-
-
-def implementation(requested: str, platform: str, dtype) -> str:
-    """The kernel that `requested` (`config.model.attention`) runs as on `platform` with compute
-    `dtype`; ValueError where it cannot run there (start-up turns that into a ConfigError)."""
-    if requested == "auto":
-        if platform == "tpu":
-            return "splash"
-        return "cudnn" if platform == "gpu" and jnp.dtype(dtype).name in CUDNN_DTYPES else "xla"
-    if requested == "splash" and platform not in ("tpu", "cpu"):
-        raise ValueError(f"'splash' is a Pallas TPU kernel and the devices are {platform}; "
-                         "use 'auto' or 'xla'")
-    if requested == "cudnn" and platform != "gpu":
-        raise ValueError(f"'cudnn' needs NVIDIA GPUs and the devices are {platform}; "
-                         "use 'auto' or 'xla'")
-    return requested
-
-
 def packed_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
-                     requested: str) -> jax.Array:
+                     kernels: Kernels) -> jax.Array:
     """Causal self-attention within segments. q [b, t, n, k], k/v [b, t, g, k], segment_ids
-    [b, t] -> [b, t, n, k]; `requested` is `config.model.attention`."""
-    where = platform()
-    impl = implementation(requested, where, q.dtype)
-    if impl == "splash":
-        return splash_attention(q, k, v, segment_ids, interpret=where == "cpu")
-    mask = attention_mask(segment_ids, segment_ids)
-    if impl == "cudnn":
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True,
-                                            implementation="cudnn")
+    [b, t] -> [b, t, n, k], by `kernels.attention`."""
+    if kernels.attention == "splash":
+        return splash_attention(q, k, v, segment_ids, interpret=kernels.interpret)
+    if kernels.attention == "cudnn":
+        return jax.nn.dot_product_attention(q, k, v, mask=attention_mask(segment_ids, segment_ids),
+                                            is_causal=True, implementation="cudnn")
     return xla_attention(q, k, v, segment_ids)
 
 

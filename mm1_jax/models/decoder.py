@@ -7,8 +7,8 @@ stacked on a leading "layers" axis and run with `nnx.scan`; a dense decoder is a
 Packing: attention is causal *within* a segment (`segment_ids`, 0 = padding), and RoPE uses the
 per-token `positions`, which restart in every packed document, so two documents packed in one
 row see exactly what they would see alone. The attention kernel (XLA, splash, cuDNN) is
-`config.model.attention` (models/attention.py); generation's KV cache is one segment of valid
-slots, attended with XLA.
+`Kernels.attention` (models/kernels.py, resolved at start-up from `config.model.attention`);
+generation's KV cache is one segment of valid slots, attended with XLA.
 
 Legend: b batch, t query positions, s key positions, d width, n query heads, g kv heads, k head dim.
 """
@@ -26,6 +26,7 @@ from mm1_jax.config import expert_mlp_dim, moe_layer_ids, moe_period
 from mm1_jax.models import layers
 from mm1_jax.models.attention import attention_mask, packed_attention
 from mm1_jax.models.head_loss import chunk_count, linear_cross_entropy
+from mm1_jax.models.kernels import PORTABLE, Kernels
 from mm1_jax.models.moe import MoEFeedForward
 from mm1_jax.sharding import constrain
 
@@ -41,12 +42,12 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 
 
 class Attention(nnx.Module):
-    """attention: `config.model.attention`, the kernel of the packed (cache-less) path."""
+    """kernels: `Kernels.attention` is the kernel of the packed (cache-less) path."""
 
-    def __init__(self, d: ml_collections.ConfigDict, *, attention: str, dtype, param_dtype,
+    def __init__(self, d: ml_collections.ConfigDict, *, kernels: Kernels, dtype, param_dtype,
                  rngs: nnx.Rngs):
         dt, pdt = dtype, param_dtype
-        self.dtype, self.theta, self.attention = dt, d.rope_theta, attention
+        self.dtype, self.theta, self.kernels = dt, d.rope_theta, kernels
         init = nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
         self.wq = layers.param(rngs, init, (d.width, d.heads, d.head_dim), ("embed", "heads", "head_dim"), pdt)
         self.wk = layers.param(rngs, init, (d.width, d.kv_heads, d.head_dim), ("embed", "kv_heads", "head_dim"), pdt)
@@ -73,7 +74,7 @@ class Attention(nnx.Module):
             q, k, v = q + w(self.bq), k + w(self.bk), v + w(self.bv)
         q, k = rope(q, positions, self.theta), rope(k, positions, self.theta)
         if kv is None:
-            out = packed_attention(q, k, v, segment_ids, self.attention)
+            out = packed_attention(q, k, v, segment_ids, self.kernels)
         else:
             at = (0, index, 0, 0)
             k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), at)
@@ -104,14 +105,15 @@ class Block(nnx.Module):
     """Pre-norm decoder block; the FFN is a SwiGLU or, with `sparse`, a top-2 MoE."""
 
     def __init__(self, d: ml_collections.ConfigDict, moe: ml_collections.ConfigDict, *,
-                 sparse: bool, attention: str, dtype, param_dtype, rngs: nnx.Rngs):
+                 sparse: bool, kernels: Kernels, dtype, param_dtype, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.attn_norm = layers.RMSNorm(d.width, eps=d.norm_eps, param_dtype=param_dtype, rngs=rngs)
-        self.attn = Attention(d, attention=attention, **kw)
+        self.attn = Attention(d, kernels=kernels, **kw)
         self.ffn_norm = layers.RMSNorm(d.width, eps=d.norm_eps, param_dtype=param_dtype, rngs=rngs)
         self.sparse = sparse
         if sparse:
-            self.ffn = MoEFeedForward(moe, width=d.width, mlp_dim=expert_mlp_dim(d, moe), **kw)
+            self.ffn = MoEFeedForward(moe, width=d.width, mlp_dim=expert_mlp_dim(d, moe),
+                                      kernels=kernels, **kw)
         else:
             self.ffn = SwiGLU(d, **kw)
 
@@ -132,10 +134,10 @@ class Period(nnx.Module):
     period, so the periods stack and scan)."""
 
     def __init__(self, d: ml_collections.ConfigDict, moe: ml_collections.ConfigDict, *,
-                 attention: str, dtype, param_dtype, rngs: nnx.Rngs):
+                 kernels: Kernels, dtype, param_dtype, rngs: nnx.Rngs):
         sparse = set(moe_layer_ids(d.depth, moe))
         self.blocks = nnx.List(
-            [Block(d, moe, sparse=i in sparse, attention=attention, dtype=dtype,
+            [Block(d, moe, sparse=i in sparse, kernels=kernels, dtype=dtype,
                    param_dtype=param_dtype, rngs=rngs)
              for i in range(moe_period(moe))])
 
@@ -157,7 +159,8 @@ class Decoder(nnx.Module):
     for placeholders between `embed_tokens` and the blocks.
 
     d: `cfg.model.decoder`; moe: `cfg.model.moe` (num_experts 0 = dense); remat: the policy
-    name applied to every scanned period; attention: `cfg.model.attention`; loss_chunks:
+    name applied to every scanned period; kernels: the attention and grouped-matmul kernels
+    (models/kernels.py); loss_chunks:
     `cfg.model.loss_chunks`, how `head_loss` computes the training loss.
 
     The output projection runs in float32 (its inputs and weights cast up): the logits feed a
@@ -166,7 +169,8 @@ class Decoder(nnx.Module):
     """
 
     def __init__(self, d: ml_collections.ConfigDict, moe: ml_collections.ConfigDict, *, dtype,
-                 param_dtype, remat: str, attention: str, rngs: nnx.Rngs, loss_chunks: int = 0):
+                 param_dtype, remat: str, rngs: nnx.Rngs, kernels: Kernels = PORTABLE,
+                 loss_chunks: int = 0):
         dt, pdt = dtype, param_dtype
         self.dtype, self.remat_policy, self.loss_chunks = dt, remat, loss_chunks
         self.tie = d.tie_embeddings
@@ -177,7 +181,7 @@ class Decoder(nnx.Module):
         @nnx.split_rngs(splits=d.depth // moe_period(moe))
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
         def make_periods(r):
-            return Period(d, moe, attention=attention, dtype=dt, param_dtype=pdt, rngs=r)
+            return Period(d, moe, kernels=kernels, dtype=dt, param_dtype=pdt, rngs=r)
 
         self.periods = make_periods(rngs)
         self.final_norm = layers.RMSNorm(d.width, eps=d.norm_eps, param_dtype=pdt, rngs=rngs)

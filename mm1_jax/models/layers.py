@@ -84,7 +84,16 @@ def remat(fn, policy: str):
 def param(rngs: nnx.Rngs, init, shape: Sequence[int], names: Names, dtype) -> nnx.Param:
     """A parameter initialised with `init(key, shape, dtype)` and tagged with logical names."""
     assert len(names) == len(shape), (names, shape)
-    return nnx.Param(init(rngs.params(), tuple(shape), dtype), sharding_names=tuple(names))
+    return tagged(init(rngs.params(), tuple(shape), dtype), names)
+
+
+def tagged(value: jax.Array, names: Names) -> nnx.Param:
+    """A parameter holding `value`, tagged with logical axis names only: the training code
+    resolves them against a mesh (mm1_jax/sharding.py) and places the state with jit
+    out_shardings. Eager sharding would instead demand a mesh at construction time, which
+    tests, converters and `python -m mm1_jax.summary` do not have; it is off per parameter, so
+    no process-wide switch is needed."""
+    return nnx.Param(value, sharding_names=tuple(names), eager_sharding=False)
 
 
 class Linear(nnx.Module):
@@ -111,8 +120,8 @@ class LayerNorm(nnx.Module):
     def __init__(self, dim: int, *, eps: float, param_dtype, rngs: nnx.Rngs, name: str | None = "embed"):
         del rngs
         self.eps = eps
-        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), sharding_names=(name,))
-        self.bias = nnx.Param(jnp.zeros((dim,), param_dtype), sharding_names=(name,))
+        self.scale = tagged(jnp.ones((dim,), param_dtype), (name,))
+        self.bias = tagged(jnp.zeros((dim,), param_dtype), (name,))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         xf = x.astype(jnp.float32)
@@ -128,7 +137,7 @@ class RMSNorm(nnx.Module):
     def __init__(self, dim: int, *, eps: float, param_dtype, rngs: nnx.Rngs, name: str | None = "embed"):
         del rngs
         self.eps = eps
-        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), sharding_names=(name,))
+        self.scale = tagged(jnp.ones((dim,), param_dtype), (name,))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         xf = x.astype(jnp.float32)

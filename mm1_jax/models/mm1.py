@@ -35,9 +35,11 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from mm1_jax.data.batch import Batch
 from mm1_jax.models import layers
 from mm1_jax.models.connector import build_connector
 from mm1_jax.models.decoder import Decoder
+from mm1_jax.models.kernels import PORTABLE, Kernels
 from mm1_jax.models.vision import VisionEncoder
 from mm1_jax.sharding import batch_shards, constrain
 
@@ -50,6 +52,19 @@ def placeholder_mismatch(tokens, image_mask, image_token_id: int, tokens_per_ima
     """Per-row count of placeholders minus `image_mask.sum() * tokens_per_image` ([b] int32)."""
     n_placeholders = (tokens == image_token_id).sum(-1)
     return (n_placeholders - image_mask.sum(-1) * tokens_per_image).astype(jnp.int32)
+
+
+def check_placeholders(tokens, image_mask, image_token_id: int, tokens_per_image: int,
+                       what: str = "rows") -> None:
+    """PlaceholderMismatchError naming the `what` (rows, prompts) whose placeholder count is not
+    `image_mask.sum() * tokens_per_image`; host (or concrete) arrays."""
+    bad = np.asarray(placeholder_mismatch(tokens, image_mask, image_token_id, tokens_per_image))
+    if bad.any():
+        rows = np.flatnonzero(bad).tolist()
+        raise PlaceholderMismatchError(
+            f"{what} {rows} have image placeholder counts that differ from image_mask.sum() x "
+            f"{tokens_per_image} by {bad[rows].tolist()}; each valid image needs exactly "
+            "connector.num_tokens placeholders")
 
 
 def merge_image_embeddings(text_embeds, tokens, image_embeds, image_token_id: int):
@@ -106,11 +121,11 @@ def connector(m: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
                            width=m.decoder.width, dtype=dt, param_dtype=pdt, rngs=rngs)
 
 
-def decoder(m: ml_collections.ConfigDict, rngs: nnx.Rngs) -> Decoder:
-    """The decoder of `m` (`cfg.model`) from `m.decoder`, `m.moe` and `m.attention`."""
+def decoder(m: ml_collections.ConfigDict, rngs: nnx.Rngs, kernels: Kernels = PORTABLE) -> Decoder:
+    """The decoder of `m` (`cfg.model`) from `m.decoder` and `m.moe`, running `kernels`."""
     dt, pdt = layers.dtypes(m)
     return Decoder(m.decoder, m.moe, dtype=dt, param_dtype=pdt, remat=m.remat,
-                   attention=m.attention, loss_chunks=m.loss_chunks, rngs=rngs)
+                   kernels=kernels, loss_chunks=m.loss_chunks, rngs=rngs)
 
 
 # Each component on its own (converters, tests), built exactly as MM1Model builds it.
@@ -118,9 +133,11 @@ COMPONENTS = {"vision": vision_encoder, "connector": connector, "decoder": decod
 
 
 class MM1Model(nnx.Module):
-    """m: `cfg.model`; image_token_id: the tokenizer's `<image>` placeholder id."""
+    """m: `cfg.model`; image_token_id: the tokenizer's `<image>` placeholder id; kernels: the
+    layers' kernels as start-up resolved them (mm1_jax/models/kernels.py)."""
 
-    def __init__(self, m: ml_collections.ConfigDict, *, image_token_id: int, rngs: nnx.Rngs):
+    def __init__(self, m: ml_collections.ConfigDict, *, image_token_id: int, rngs: nnx.Rngs,
+                 kernels: Kernels = PORTABLE):
         if not 0 <= image_token_id < m.decoder.vocab_size:
             raise ValueError(f"image_token_id {image_token_id} is outside the decoder's "
                              f"vocabulary of {m.decoder.vocab_size} (config.model.decoder.vocab_size)")
@@ -131,7 +148,7 @@ class MM1Model(nnx.Module):
         self.image_budget = budget if budget is not None and budget < 1 else None
         self.vision = vision_encoder(m, rngs)
         self.connector = connector(m, rngs)
-        self.decoder = decoder(m, rngs)
+        self.decoder = decoder(m, rngs, kernels)
         self.moe_coefs = (m.moe.load_balance_coef, m.moe.z_loss_coef) if m.moe.num_experts else None
 
     def encode_images(self, images: jax.Array) -> jax.Array:
@@ -182,29 +199,26 @@ class MM1Model(nnx.Module):
             x = merge_image_embeddings(x, tokens, embeds, self.image_token_id)
         return x, over
 
-    def __call__(self, batch: dict, train: bool = True):
-        """batch: tokens/positions/segment_ids [b, s], images [b, n_img, H, W, 3], image_mask [b, n_img].
+    def __call__(self, batch: Batch, train: bool = True):
+        """batch: the contract's `Batch` (mm1_jax/data/batch.py); the model reads its tokens,
+        positions, segment_ids [b, s], images [b, n_img, H, W, 3] and image_mask [b, n_img].
 
         Returns (logits [b, s, V], aux); see mm1_jax.train for how aux enters the loss.
         """
         h, aux = self.features(batch, train)
         return self.decoder.head(h), aux
 
-    def features(self, batch: dict, train: bool = True):
+    def features(self, batch: Batch, train: bool = True):
         """As `__call__`, but (the decoder's final normed hidden states [b, s, d], aux): the
         training loss projects them itself (`Decoder.head_loss`)."""
-        tokens, image_mask = batch["tokens"], batch["image_mask"]
+        tokens, image_mask = batch.tokens, batch.image_mask
         mismatch = placeholder_mismatch(tokens, image_mask, self.image_token_id, self.tokens_per_image)
-        if not isinstance(mismatch, jax.core.Tracer) and np.any(np.asarray(mismatch)):
-            rows = np.flatnonzero(np.asarray(mismatch)).tolist()
-            raise PlaceholderMismatchError(
-                f"rows {rows} have image placeholder counts that differ from "
-                f"image_mask.sum() x {self.tokens_per_image} by {np.asarray(mismatch)[rows].tolist()}; "
-                "each valid image needs exactly connector.num_tokens placeholders")
+        if not isinstance(mismatch, jax.core.Tracer):  # eagerly: an error; under jit: counted
+            check_placeholders(tokens, image_mask, self.image_token_id, self.tokens_per_image)
 
         # The image budget is a training economy; evaluation encodes every image.
-        x, over = self.embed_inputs(tokens, batch.get("images"), image_mask if train else None)
-        h, stats = self.decoder.features(x, batch["positions"], batch["segment_ids"], train=train)
+        x, over = self.embed_inputs(tokens, batch.images, image_mask if train else None)
+        h, stats = self.decoder.features(x, batch.positions, batch.segment_ids, train=train)
 
         aux = {"data/placeholder_mismatch": (mismatch != 0).sum().astype(jnp.int32),
                "data/images_over_budget": over}

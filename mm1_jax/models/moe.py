@@ -8,28 +8,31 @@ Two execution paths, selected by `cfg.model.moe.mode`:
   most C = ceil(top_k * capacity_factor * tokens_per_group / E) tokens per group. A token's slot
   in an expert's buffer comes from a cumulative sum in which every first choice precedes every
   second choice, so under pressure second choices drop before first choices. Dispatch is by
-  indices: kept tokens are gathered into expert-major buffers [E, G, C, D], which shard over the
-  mesh `expert` axis (the compiler inserts the all-to-alls), and each token gathers its experts'
-  outputs back, weighted by its gates. No one-hot [tokens, experts, capacity] tensor is built, so
-  the layer costs what its matmuls cost (benchmarks/moe_layer.py). A dropped assignment
-  contributes 0; a token whose choices all drop outputs 0 and is carried by the residual.
+  indices: kept tokens are gathered into expert-major buffers [E, G, C, D], which shard as the
+  rules table splits the logical `exp` axis (the compiler inserts the all-to-alls), and each
+  token gathers its experts' outputs back, weighted by its gates. No one-hot [tokens, experts,
+  capacity] tensor is built, so the layer costs what its matmuls cost
+  (benchmarks/moe_layer.py). A dropped assignment contributes 0; a token whose choices all drop
+  outputs 0 and is carried by the residual.
 - "dropless": (token, choice) assignments are sorted by expert and the expert matmuls run as
-  grouped matmuls over the per-expert counts; nothing is dropped. On a mesh with an `expert`
-  axis the path is expert-parallel under `shard_map`: each device keeps its experts' weights,
-  and tokens travel to their experts and back by all-to-all (`_expert_parallel`).
+  grouped matmuls over the per-expert counts; nothing is dropped. Where the mesh splits the
+  experts (the rules table's `exp` axis) the path is expert-parallel under `shard_map`: each
+  device keeps its experts' weights, and tokens travel to their experts and back by all-to-all
+  (`_expert_parallel`).
 
-The grouped matmul, `cfg.model.moe.grouped_matmul`:
+The grouped matmul, `Kernels.grouped_matmul` (mm1_jax/models/kernels.py; start-up resolves it
+from `cfg.model.moe.grouped_matmul`):
 - "xla": `jax.lax.ragged_dot`. XLA:CPU lowers it to a masked dense dot costing E times the
   FLOPs (benchmarks/results/moe.md); XLA:GPU has a grouped kernel.
 - "megablox": JAX's Pallas TPU grouped matmul (`jax.experimental.pallas.ops.tpu.megablox.gmm`,
   its backward the kernel's own transposed and weight-gradient `tgmm` calls). The kernel sees
   one device's rows: on a mesh without an expert split the layer runs under `shard_map` over
-  the batch axes, each device with every expert's weights. On CPU it runs in Pallas interpret
-  mode (slow; for tests). Its grid runs over the tiles of filled groups only (a count known at
+  the batch axes, each device with every expert's weights. With `Kernels.interpret` (CPU) it
+  runs in Pallas interpret mode (slow; for tests). Its grid runs over the tiles of filled groups only (a count known at
   run time), so rows past the groups, such as the empty tail of the expert-parallel receive
   buffers, cost no FLOPs; its cost estimate, which `cost_analysis()` reports, counts them.
-- "auto": megablox on TPU, xla elsewhere. (libtpu runs "xla"'s ragged_dot as its own kernel,
-  but on a mesh without an expert split GSPMD gives every chip all the rows: BENCHMARKS.md.)
+"auto" is megablox on TPU, xla elsewhere (libtpu runs "xla"'s ragged_dot as its own kernel, but
+on a mesh without an expert split GSPMD gives every chip all the rows: BENCHMARKS.md).
 
 Inference (`train=False`: generation, perplexity, evaluation) always takes the dropless path,
 whatever the mode: capacity couples the rows of a batch (they compete for the same slots), and a
@@ -70,8 +73,9 @@ from flax import nnx
 from jax.experimental.pallas.ops.tpu.megablox import gmm as megablox_gmm
 from jax.sharding import PartitionSpec
 
+from mm1_jax import sharding
 from mm1_jax.models import layers
-from mm1_jax.models.attention import platform
+from mm1_jax.models.kernels import PORTABLE, Kernels
 from mm1_jax.sharding import constrain, spec_for
 
 # megablox tile sizes (rows, contraction, output), each capped at its dimension; rows pad to a
@@ -96,17 +100,6 @@ def row_groups(x: jax.Array, rows: int, group_size: int, fill) -> jax.Array:
     return x.reshape(rows * g, s, *x.shape[2:])
 
 
-def grouped_matmul(requested: str, platform: str) -> str:
-    """The kernel `cfg.model.moe.grouped_matmul` = `requested` runs as on `platform`;
-    ValueError where it cannot run there (start-up turns that into a ConfigError)."""
-    if requested == "auto":
-        return "megablox" if platform == "tpu" else "xla"
-    if requested == "megablox" and platform not in ("tpu", "cpu"):
-        raise ValueError(f"'megablox' is a Pallas TPU kernel and the devices are {platform}; "
-                         "use 'auto' or 'xla'")
-    return requested
-
-
 def capacity(tokens_per_group: int, num_experts: int, top_k: int, factor: float) -> int:
     """GShard expert capacity per group; never above the group size (an expert sees a token once)."""
     return max(1, min(tokens_per_group, math.ceil(top_k * factor * tokens_per_group / num_experts)))
@@ -119,14 +112,15 @@ class MoEFeedForward(nnx.Module):
     """
 
     def __init__(self, m: ml_collections.ConfigDict, *, width: int, mlp_dim: int, dtype,
-                 param_dtype, rngs: nnx.Rngs):
-        """m: `cfg.model.moe`; width: the decoder width D; mlp_dim: each expert's hidden F."""
+                 param_dtype, rngs: nnx.Rngs, kernels: Kernels = PORTABLE):
+        """m: `cfg.model.moe`; width: the decoder width D; mlp_dim: each expert's hidden F;
+        kernels: the grouped matmul of the dropless path."""
         d, f, e = width, mlp_dim, m.num_experts
         self.dtype, pdt = dtype, param_dtype
         self.num_experts, self.top_k = e, m.top_k
         self.mode, self.group_size = m.mode, m.group_size
         self.capacity_factor = m.capacity_factor
-        self.grouped_matmul = m.get("grouped_matmul", "auto")
+        self.kernels = kernels
         # fan_in is D for wi and F for wo; the leading expert axis is a batch axis, not a fan.
         expert_init = nnx.initializers.variance_scaling(
             1.0, "fan_in", "truncated_normal", in_axis=1, out_axis=2, batch_axis=(0,))
@@ -237,24 +231,25 @@ class MoEFeedForward(nnx.Module):
         return y.reshape(t, d), keep.sum().astype(jnp.float32)
 
     def _dropless(self, x, mask, top_i, gates):
-        """Every assignment runs; expert-parallel over the mesh `expert` axis when there is one.
-        y: [t, m]."""
+        """Every assignment runs; expert-parallel when the rules table splits the logical `exp`
+        axis over a mesh axis of this mesh that divides the experts. y: [t, m]."""
         mesh = jax.sharding.get_abstract_mesh()
-        n_ep = 1 if mesh is None or mesh.empty else dict(mesh.shape).get("expert", 1)
         w = tuple(p[...].astype(self.dtype) for p in (self.wi_0, self.wi_1, self.wo))
         x = x.astype(self.dtype)
-        where = platform()
-        impl = grouped_matmul(self.grouped_matmul, where)
-        dot = functools.partial(_ragged_dot, impl=impl, interpret=where != "tpu")
-        expert_parallel = n_ep > 1 and self.num_experts % n_ep == 0
-        if mesh is None or mesh.empty or (impl == "xla" and not expert_parallel):
+        impl = self.kernels.grouped_matmul
+        dot = functools.partial(_ragged_dot, impl=impl, interpret=self.kernels.interpret)
+        experts = None if mesh.empty else spec_for(w[0].shape, ("exp", None, None), mesh)
+        expert_axis = None if experts is None else experts[0]
+        if sharding.axes_size(mesh, expert_axis) == 1:
+            expert_axis = None  # experts not split
+        if mesh.empty or (impl == "xla" and expert_axis is None):
             return _grouped_experts(x, mask, top_i, gates, w, num_experts=self.num_experts, dot=dot)
         tokens = spec_for(x.shape, ("batch", None), mesh)
         per_token = spec_for(top_i.shape, ("batch", None), mesh)
-        if expert_parallel:
-            body = functools.partial(_expert_parallel, num_experts=self.num_experts, n_ep=n_ep,
+        if expert_axis is not None:
+            body = functools.partial(_expert_parallel, num_experts=self.num_experts,
+                                     n_ep=sharding.axes_size(mesh, expert_axis), axis=expert_axis,
                                      dot=dot)
-            experts = PartitionSpec("expert", None, None)
         else:  # a Pallas kernel sees local arrays: each device its rows, with every expert
             body = functools.partial(_grouped_experts, num_experts=self.num_experts, dot=dot)
             experts = PartitionSpec()
@@ -328,12 +323,12 @@ def _grouped_experts(x, mask, top_i, gates, w, *, num_experts, dot):
     return _combine(_swiglu_ragged(x[order // k], w, sizes, dot), order, mask, gates, k)
 
 
-def _expert_parallel(x, mask, top_i, gates, w, *, num_experts, n_ep, dot):
+def _expert_parallel(x, mask, top_i, gates, w, *, num_experts, n_ep, axis, dot):
     """One device's part of the dropless layer under `shard_map` (experts split over the mesh
-    `expert` axis into n_ep shards of E / n_ep; tokens split over the batch axes).
+    axis `axis` into n_ep shards of E / n_ep; tokens split over the batch axes).
 
     Each device sorts its own assignments by expert and sends shard j the rows for j's experts
-    with one all-to-all over `expert`; a shard receives at most every peer's every assignment,
+    with one all-to-all over `axis`; a shard receives at most every peer's every assignment,
     so the fixed-size buffers ([n_ep, n, m] for n local assignments) never drop. The receiver
     regroups the rows by its local expert, runs them with `dot`, and a second all-to-all
     returns them in the order they came. (`jax.lax.ragged_all_to_all` would send only the filled
@@ -351,15 +346,15 @@ def _expert_parallel(x, mask, top_i, gates, w, *, num_experts, n_ep, dot):
     valid = row[None, :] < send_n[:, None]  # [n_ep, n]
     src = jnp.minimum(send_start[:, None] + row[None, :], n - 1)
     send = jnp.where(valid[..., None], xs[src], 0)  # [n_ep, n, m]
-    recv = jax.lax.all_to_all(send, "expert", 0, 0, tiled=True)  # block i: from source i
-    recv_sizes = jax.lax.all_to_all(per_shard, "expert", 0, 0, tiled=True)  # [source, expert]
+    recv = jax.lax.all_to_all(send, axis, 0, 0, tiled=True)  # block i: from source i
+    recv_sizes = jax.lax.all_to_all(per_shard, axis, 0, 0, tiled=True)  # [source, expert]
     # Local expert of every received row (source i's rows come sorted by expert); `local`
     # marks the empty tail of each block, which sorts last and no group covers.
     ends = jnp.cumsum(recv_sizes, axis=-1)  # [n_ep, local]
     expert_of = jax.vmap(lambda e: jnp.searchsorted(e, row, side="right"))(ends)  # [n_ep, n]
     regroup = jnp.argsort(expert_of.reshape(-1), stable=True)
     ys = _swiglu_ragged(recv.reshape(n_ep * n, -1)[regroup], w, recv_sizes.sum(0), dot)
-    back = jax.lax.all_to_all(ys[_inverse(regroup)].reshape(n_ep, n, -1), "expert", 0, 0,
+    back = jax.lax.all_to_all(ys[_inverse(regroup)].reshape(n_ep, n, -1), axis, 0, 0,
                               tiled=True)  # block j: what shard j computed for our rows
     dest = jnp.searchsorted(jnp.cumsum(send_n), row, side="right")  # shard of sorted row r
     dest = jnp.minimum(dest, n_ep - 1)  # padding rows sort last; their outputs are dropped

@@ -52,9 +52,6 @@ class TrainState:
         return {k: getattr(self, k) for k in
                 ("step", "params", "opt_state", "rng", "bad_steps", "skipped_steps")}
 
-    def with_arrays(self, arrays: dict[str, Any]) -> "TrainState":
-        return self.replace(**arrays)
-
 
 def state_shardings(abstract: TrainState, names: dict[str, Any], mesh: Mesh) -> TrainState:
     """NamedSharding for every array of `abstract`.
@@ -102,7 +99,7 @@ def init_train_state(run: Run, abstract: TrainState, shardings: TrainState) -> T
     cfg = run.cfg
 
     def init():
-        model = build_model(cfg.model, run.special, cfg.seed)
+        model = build_model(cfg.model, run.special, cfg.seed, run.kernels)
         params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
         return abstract.replace(
             step=jnp.zeros((), jnp.int32), params=params,
@@ -113,8 +110,3 @@ def init_train_state(run: Run, abstract: TrainState, shardings: TrainState) -> T
     with jax.set_mesh(run.mesh):
         return jax.jit(init, out_shardings=shardings)()
 
-
-def create_train_state(run: Run) -> tuple[TrainState, TrainState]:
-    """(state, shardings): a freshly initialised state, created sharded on `run.mesh`."""
-    abstract, shardings = abstract_train_state(run)
-    return init_train_state(run, abstract, shardings), shardings

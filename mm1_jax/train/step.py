@@ -7,8 +7,8 @@ With gradient accumulation the batch is cut into `grad_accum` micro-batches whos
 summed; each micro-batch's cross-entropy is divided by the token count of the *whole* batch, so
 the result is the same objective as one big batch, not a mean of per-micro-batch means.
 
-Batch keys (docs/data.md): tokens, targets, loss_mask, segment_ids, positions, kinds,
-images uint8 [B, N_img, H, W, 3], image_mask [B, N_img]. `kinds` is optional (per-kind losses).
+The batch is the contract's `Batch` (mm1_jax/data/batch.py, docs/data.md); its per-row
+counters (`truncated`, `dropped`) are summed over the global batch into `data/` metrics.
 
 A step refuses its update, leaving parameters and optimiser state as they were (under
 `lax.cond`: a refused step computes no update, and its `opt/update_norm` is 0), when the loss or
@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from mm1_jax.data.batch import Batch
 from mm1_jax.data.kinds import KIND_IDS
 from mm1_jax.sharding import constrain
 from mm1_jax.train.optimizer import map_paths
@@ -37,37 +38,36 @@ from mm1_jax.train.state import TrainState
 MOE_MEANS = ("moe/load_balance_loss", "moe/z_loss", "moe/expert_load", "moe/dropped_fraction")
 
 
-def _loss(params, batch: dict, num_loss_tokens: jax.Array, *, recipe, accum: int):
+def _loss(params, batch: Batch, num_loss_tokens: jax.Array, *, recipe, accum: int):
     """(loss, sums) for one micro-batch; every entry of `sums` adds up over micro-batches."""
     frozen = set(recipe.frozen)
     if frozen:  # frozen parameters get no gradient at all (XLA then skips their backward)
         params = map_paths(lambda p, x: jax.lax.stop_gradient(x) if p in frozen else x, params)
     model = nnx.merge(recipe.graphdef, params)
     h, aux = model.features(batch, train=True)
-    mask = batch["loss_mask"].astype(jnp.float32)
+    mask = batch.loss_mask.astype(jnp.float32)
     # The head and cross-entropy fused by `model.loss_chunks` (Decoder.head_loss); ce [b, s]
     # is for the metrics below and carries no gradient.
-    ce_loss, ce = model.decoder.head_loss(h, batch["targets"], mask / num_loss_tokens)
+    ce_loss, ce = model.decoder.head_loss(h, batch.targets, mask / num_loss_tokens)
     aux_loss = aux["moe/aux_loss"].astype(jnp.float32)
     sums = {
         "ce_sum": (ce * mask).sum(),
         "loss/aux": aux_loss / accum,
         "data/placeholder_mismatch": aux["data/placeholder_mismatch"],
-        "data/images": batch["image_mask"].sum().astype(jnp.int32),
+        "data/images": batch.image_mask.sum().astype(jnp.int32),
         "data/images_over_budget": aux["data/images_over_budget"],
     }
-    if "kinds" in batch:
-        for name, i in KIND_IDS.items():
-            m = mask * (batch["kinds"] == i)
-            sums[f"ce_sum/{name}"] = (ce * m).sum()
-            sums[f"data/{name}_tokens"] = m.sum()
+    for name, i in KIND_IDS.items():
+        m = mask * (batch.kinds == i)
+        sums[f"ce_sum/{name}"] = (ce * m).sum()
+        sums[f"data/{name}_tokens"] = m.sum()
     for key in MOE_MEANS:
         if key in aux:
             sums[key] = aux[key].astype(jnp.float32) / accum
     return ce_loss + aux_loss / accum, sums
 
 
-def _micro_batches(batch: dict, accum: int) -> dict:
+def _micro_batches(batch: Batch, accum: int) -> Batch:
     """[B, ...] -> [accum, B / accum, ...]; micro-batch i takes rows i, i + accum, ..., so each
     holds an equal share of every device's rows and no data moves between devices."""
 
@@ -78,11 +78,11 @@ def _micro_batches(batch: dict, accum: int) -> dict:
     return jax.tree.map(split, batch)
 
 
-def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict[str, Any]]:
+def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Any]]:
     """One optimiser step over a global batch. Call under `jax.set_mesh(mesh)`, jitted with the
     state's shardings (see loop.compile_step); pure otherwise."""
     recipe, accum = state.recipe, state.recipe.grad_accum
-    num_loss_tokens = jnp.maximum(batch["loss_mask"].astype(jnp.float32).sum(), 1.0)
+    num_loss_tokens = jnp.maximum(batch.loss_mask.astype(jnp.float32).sum(), 1.0)
     grad_fn = jax.value_and_grad(functools.partial(_loss, recipe=recipe, accum=accum), has_aux=True)
 
     if accum == 1:
@@ -130,10 +130,11 @@ def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict[str, An
         "opt/skipped_total": new_state.skipped_steps,
         "opt/bad_streak": bad,
         "data/loss_tokens": num_loss_tokens,
+        "data/truncated_items": batch.truncated.sum(),
+        "data/dropped_items": batch.dropped.sum(),
     }
     for name in KIND_IDS:
-        if f"ce_sum/{name}" in sums:
-            n = sums[f"data/{name}_tokens"]
-            metrics[f"loss/{name}"] = sums.pop(f"ce_sum/{name}") / jnp.maximum(n, 1.0)
+        n = sums[f"data/{name}_tokens"]
+        metrics[f"loss/{name}"] = sums.pop(f"ce_sum/{name}") / jnp.maximum(n, 1.0)
     metrics.update(sums)
     return new_state, metrics

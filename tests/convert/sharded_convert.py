@@ -15,7 +15,7 @@ from mm1_jax.convert.init_from import apply_init_from, source_model_config
 from mm1_jax.convert.writer import convert_decoder
 from mm1_jax.startup import start
 from mm1_jax.train.state import abstract_train_state, init_train_state
-from mm1_jax.train.synthetic import SPECIAL
+from mm1_jax.data.synthetic import SPECIAL
 
 MESH = (1, 4, 2, 1)
 

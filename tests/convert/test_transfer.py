@@ -12,7 +12,7 @@ from mm1_jax.config import ConfigError, load_config
 from mm1_jax.convert.__main__ import main
 from mm1_jax.convert.export import flat, load_mm1
 from mm1_jax.train.loop import train
-from mm1_jax.train.synthetic import SPECIAL, SyntheticBatches
+from mm1_jax.data.synthetic import SPECIAL, SyntheticBatches
 from tests.convert.helpers import restored
 
 torch = pytest.importorskip("torch")

@@ -74,7 +74,7 @@ def config(directory: str, **data):
 
 def segments(batch: dict, row: int):
     """(segment id, slice) of each packed item in a row, in order."""
-    seg = batch["segment_ids"][row]
+    seg = batch.segment_ids[row]
     for s in np.unique(seg[seg > 0]):
         idx = np.flatnonzero(seg == s)
         yield int(s), slice(int(idx[0]), int(idx[-1]) + 1)

@@ -112,5 +112,5 @@ def test_demo_config_pipeline_and_no_rebuild(demo_dir):
     it = pipeline.make_iterator(cfg, shard_index=0, shard_count=1)
     b = next(it)
     it.close()
-    assert b["tokens"].shape == (8, 256) and b["images"].shape == (8, 6, 32, 32, 3)
-    assert b["tokens"].max() < cfg.model.decoder.vocab_size
+    assert b.tokens.shape == (8, 256) and b.images.shape == (8, 6, 32, 32, 3)
+    assert b.tokens.max() < cfg.model.decoder.vocab_size

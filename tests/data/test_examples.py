@@ -52,7 +52,7 @@ def test_item_layout_targets_and_loss_mask(corpus):
                              seed=0).batch(1, batch_fn=_collate(tok)))
     second = [tok.bos_id] + tok.encode("while y") + [tok.eos_id]
     n1, n2 = len(want), len(second)
-    row = lambda k: b[k][0].tolist()  # noqa: E731
+    row = lambda k: getattr(b, k)[0].tolist()  # noqa: E731
     assert row("tokens") == want + second + [tok.pad_id] * (64 - n1 - n2)
     assert row("targets") == want[1:] + [tok.pad_id] + second[1:] + [tok.pad_id] * (65 - n1 - n2)
     # no loss predicting <img> (from <s>), inside the block, past </s> or on padding
@@ -84,10 +84,10 @@ def test_dropped_and_truncated_items_are_counted(corpus):
         lambda r: examples.make_item(r, tok, _spec())).to_iter_dataset()
     rows = packing.pack(ds, seq_len=64, max_images=2, num_bins=2, pad_id=tok.pad_id, seed=0)
     out = list(rows.batch(1, batch_fn=_collate(tok)))
-    assert sum(int(r["dropped"].sum()) for r in out) == 3
-    assert sum(int(r["truncated"].sum()) for r in out) == 2  # the two kept cut items
-    assert sum(len(set(r["segment_ids"][0][r["segment_ids"][0] > 0])) for r in out) == 4
-    assert all(r["image_mask"].sum() <= 2 for r in out)
+    assert sum(int(r.dropped.sum()) for r in out) == 3
+    assert sum(int(r.truncated.sum()) for r in out) == 2  # the two kept cut items
+    assert sum(len(set(r.segment_ids[0][r.segment_ids[0] > 0])) for r in out) == 4
+    assert all(r.image_mask.sum() <= 2 for r in out)
 
 
 def test_collate_recycles_only_batches_nobody_holds(corpus):
@@ -98,24 +98,24 @@ def test_collate_recycles_only_batches_nobody_holds(corpus):
     ds = grain.MapDataset.source(items).to_iter_dataset()
     rows = list(packing.pack(ds, seq_len=64, max_images=2, num_bins=3, pad_id=tok.pad_id, seed=0))
     collate = _collate(tok)
-    ref = [collate([r])["images"].copy() for r in rows]  # what each row must look like
+    ref = [collate([r]).images.copy() for r in rows]  # what each row must look like
     # row 0: "a" and "d" with images 1, 2 (budget full); row 1: "c" with image 3
     assert [int((x != 0).any(axis=(2, 3, 4)).sum()) for x in ref] == [2, 1]
 
     held = [collate([r]) for r in rows]  # a consumer that keeps every batch ...
-    assert held[0]["images"] is not held[1]["images"]
+    assert held[0].images is not held[1].images
     for b, want in zip(held, ref):  # ... sees each exactly as it was made
-        np.testing.assert_array_equal(b["images"], want)
-    view = held[0]["images"][0]  # a view keeps its base alive and unrecycled
-    first = weakref.ref(held[0]["images"])
+        np.testing.assert_array_equal(b.images, want)
+    view = held[0].images[0]  # a view keeps its base alive and unrecycled
+    first = weakref.ref(held[0].images)
     del held
     again = collate([rows[1]])
-    assert again["images"] is not first()
-    np.testing.assert_array_equal(again["images"], ref[1])
+    assert again.images is not first()
+    np.testing.assert_array_equal(again.images, ref[1])
     del view
     del again
     for r, want in zip(rows * 2, ref * 2):  # released arrays are reused, stale slots cleared
-        out = collate([r])["images"]
+        out = collate([r]).images
         assert out is first()
         np.testing.assert_array_equal(out, want)
         del out

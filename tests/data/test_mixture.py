@@ -12,6 +12,7 @@ from mm1_jax.config import ConfigError, base_config, validate
 from mm1_jax.data import pipeline
 from mm1_jax.data.kinds import KINDS
 from tests.data import corpus as C
+from tests.helpers import as_dict
 
 WEIGHTS = {"interleaved": 0.45, "caption": 0.45, "text": 0.10}
 
@@ -19,8 +20,8 @@ WEIGHTS = {"interleaved": 0.45, "caption": 0.45, "text": 0.10}
 def _rows(cfg, n_batches):
     it = pipeline.make_iterator(cfg, shard_index=0, shard_count=1)
     try:
-        return [{k: v[r] for k, v in b.items()} for b in (next(it) for _ in range(n_batches))
-                for r in range(len(b["tokens"]))]
+        return [{k: v[r] for k, v in as_dict(b).items()} for b in (next(it) for _ in range(n_batches))
+                for r in range(len(b.tokens))]
     finally:
         it.close()
 

@@ -15,6 +15,7 @@ from mm1_jax.data.kinds import KIND_IDS, KINDS
 from mm1_jax.data.tokenizer import Tokenizer
 from mm1_jax.models.vision import normalize_images
 from tests.data import corpus as C
+from tests.helpers import as_dict
 
 
 def _take(cfg, n):
@@ -46,7 +47,7 @@ def test_packed_batches_follow_the_rules(corpus):
     seen = collections.Counter()
     max_pixel_err = 0.0
     for b in batches:
-        assert {k: (v.shape, v.dtype.name) for k, v in b.items()} == {
+        assert {k: (v.shape, v.dtype.name) for k, v in as_dict(b).items()} == {
             "tokens": ((4, S), "int32"), "targets": ((4, S), "int32"),
             "loss_mask": ((4, S), "float32"), "segment_ids": ((4, S), "int32"),
             "positions": ((4, S), "int32"), "kinds": ((4, S), "int32"),
@@ -54,10 +55,10 @@ def test_packed_batches_follow_the_rules(corpus):
             "image_mask": ((4, M), "bool"), "truncated": ((4,), "int32"),
             "dropped": ((4,), "int32")}
         for row in range(4):
-            tokens, seg = b["tokens"][row], b["segment_ids"][row]
+            tokens, seg = b.tokens[row], b.segment_ids[row]
             pad = seg == 0
-            assert (tokens[pad] == tok.pad_id).all() and (b["kinds"][row][pad] == 0).all()
-            assert (b["loss_mask"][row][pad] == 0).all()
+            assert (tokens[pad] == tok.pad_id).all() and (b.kinds[row][pad] == 0).all()
+            assert (b.loss_mask[row][pad] == 0).all()
             # every image is one whole block inside one segment: <img> <image> x T </img>
             starts = np.flatnonzero(tokens == tok.image_start_id)
             for s in starts:
@@ -66,23 +67,23 @@ def test_packed_batches_follow_the_rules(corpus):
                 assert len(set(seg[s:s + T + 2])) == 1
             assert (tokens == tok.image_id).sum() == T * len(starts)
             n_img = len(starts)
-            assert n_img <= M and b["image_mask"][row].sum() == n_img
-            assert b["image_mask"][row][:n_img].all()
-            assert (b["images"][row][n_img:] == 0).all()
+            assert n_img <= M and b.image_mask[row].sum() == n_img
+            assert b.image_mask[row][:n_img].all()
+            assert (b.images[row][n_img:] == 0).all()
 
             img_k = 0
             for _, sl in C.segments(b, row):
-                t, tg = tokens[sl], b["targets"][row][sl]
-                np.testing.assert_array_equal(b["positions"][row][sl], np.arange(len(t)))
+                t, tg = tokens[sl], b.targets[row][sl]
+                np.testing.assert_array_equal(b.positions[row][sl], np.arange(len(t)))
                 np.testing.assert_array_equal(tg[:-1], t[1:])
                 mask = np.ones(len(t), np.float32)
                 mask[np.isin(tg, image_tokens) | (t == tok.image_id)] = 0
                 mask[-1] = 0  # would predict the next document
-                np.testing.assert_array_equal(b["loss_mask"][row][sl], mask)
+                np.testing.assert_array_equal(b.loss_mask[row][sl], mask)
 
                 rec = C.record_of(t, tok, recs)
                 seen[rec.kind] += 1
-                assert (b["kinds"][row][sl] == KIND_IDS[rec.kind]).all()
+                assert (b.kinds[row][sl] == KIND_IDS[rec.kind]).all()
                 pieces, n = C.text_pieces(t, tok)
                 want = [tok.encode(x) for x in rec.texts]
                 if t[-1] == tok.eos_id:  # whole item: every text decodes back exactly
@@ -97,7 +98,7 @@ def test_packed_batches_follow_the_rules(corpus):
                     ref = _clip_reference(seg_["image"], cfg.model.vision.mean,
                                           cfg.model.vision.std)
                     # the model's on-device normalisation of the pipeline's uint8 pixels
-                    got = normalize_images(b["images"][row, img_k], cfg.model.vision.mean,
+                    got = normalize_images(b.images[row, img_k], cfg.model.vision.mean,
                                            cfg.model.vision.std)
                     err = np.abs(np.asarray(got) - ref)
                     max_pixel_err = max(max_pixel_err, float(err.mean()))
@@ -107,7 +108,7 @@ def test_packed_batches_follow_the_rules(corpus):
     # the crop-in-resize and CLIP's resize-then-crop agree up to resampling rounding; another
     # image (wrong order) would be off by > 0.3 on average
     assert max_pixel_err < 0.05
-    assert sum(int(b["truncated"].sum()) for b in batches) > 0  # the corpus plants long items
+    assert sum(int(b.truncated.sum()) for b in batches) > 0  # the corpus plants long items
 
 
 @pytest.mark.parametrize("weights", [(0.45, 0.45, 0.10)])
@@ -121,8 +122,8 @@ def test_item_level_mixture_weights_are_shares_of_items(corpus, weights):
     it = pipeline.make_iterator(cfg, shard_index=0, shard_count=1)
     while sum(counts.values()) < 10_000:
         b = next(it)
-        starts = (b["positions"] == 0) & (b["segment_ids"] > 0)
-        counts.update(b["kinds"][starts].tolist())
+        starts = (b.positions == 0) & (b.segment_ids > 0)
+        counts.update(b.kinds[starts].tolist())
     total = sum(counts.values())
     for k, w in enumerate(weights):
         assert abs(counts[k + 1] / total - w) < 0.01, (counts, weights)
@@ -132,7 +133,7 @@ def test_zero_weight_kind_is_left_out(corpus):
     d, _ = corpus
     cfg = C.config(d, prefetch=0)
     cfg.data.mixture = {"interleaved": 0.5, "caption": 0.5, "text": 0.0}
-    kinds = np.concatenate([b["kinds"].ravel() for b in _take(cfg, 20)])
+    kinds = np.concatenate([b.kinds.ravel() for b in _take(cfg, 20)])
     assert set(np.unique(kinds)) == {0, 1, 2}
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from mm1_jax.data import pipeline
 from tests.data import corpus as C
+from tests.helpers import as_dict, save_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -19,10 +20,11 @@ import json, sys
 import numpy as np
 from tests.data import corpus as C
 from mm1_jax.data import pipeline
+from tests.helpers import as_dict, restore_state
 d, data, state_dir, n, out = sys.argv[1:]
 it = pipeline.make_iterator(C.config(d, **json.loads(data)), shard_index=0, shard_count=1)
-pipeline.restore_state(it, state_dir)
-np.savez(out, **{f"{i}/{k}": v for i in range(int(n)) for k, v in next(it).items()})
+restore_state(it, state_dir)
+np.savez(out, **{f"{i}/{k}": v for i in range(int(n)) for k, v in as_dict(next(it)).items()})
 it.close()
 """
 
@@ -39,8 +41,8 @@ def test_restore_in_new_process_gives_the_same_batches(corpus, tmp_path, data):
     it = pipeline.make_iterator(C.config(d, **data), shard_index=0, shard_count=1)
     for _ in range(5):
         next(it)
-    pipeline.save_state(it, str(tmp_path / "state"))
-    want = [next(it) for _ in range(4)]
+    save_state(it, str(tmp_path / "state"))
+    want = [as_dict(next(it)) for _ in range(4)]
     it.close()
 
     proc = _run(RESTORE, d, json.dumps(data), str(tmp_path / "state"), "4",
@@ -72,10 +74,10 @@ it = pipeline.make_iterator(cfg)  # shard = this JAX process
 ids = []
 for _ in range(20):
     b = next(it)
-    assert b["tokens"].shape[0] == cfg.train.batch_size // 2
-    for row in range(b["tokens"].shape[0]):
+    assert b.tokens.shape[0] == cfg.train.batch_size // 2
+    for row in range(b.tokens.shape[0]):
         for _, sl in C.segments(b, row):
-            ids.append(C.record_of(b["tokens"][row][sl], tok, recs).id)
+            ids.append(C.record_of(b.tokens[row][sl], tok, recs).id)
 json.dump({"process": jax.process_index(), "ids": ids}, open(out, "w"))
 jax.distributed.shutdown()
 """

@@ -14,7 +14,7 @@ from mm1_jax.data.tokenizer import Tokenizer, train_tokenizer
 from mm1_jax.eval import evaluators, inference
 from mm1_jax.startup import start
 from mm1_jax.train.loop import evaluate
-from mm1_jax.train.state import create_train_state
+from tests.helpers import create_train_state
 
 
 def main(tmp: str) -> None:

@@ -20,6 +20,7 @@ from mm1_jax.data.tokenizer import train_tokenizer
 from mm1_jax.eval import evaluators, inference
 from mm1_jax.models.mm1 import MM1Model
 from mm1_jax.writer import MetricsWriter
+from tests.helpers import model_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -102,10 +103,8 @@ def test_text_perplexity_matches_direct_cross_entropy(setup):
     for doc in docs:  # each document alone, unpadded
         tokens = np.asarray(doc[:64], np.int32)
         s = len(tokens)
-        batch = {"tokens": tokens[None], "positions": np.arange(s)[None],
-                 "segment_ids": np.ones((1, s), np.int32),
-                 "images": np.zeros((1, 0, 32, 32, 3), np.uint8),
-                 "image_mask": np.zeros((1, 0), bool)}
+        batch = model_batch(tokens[None], np.arange(s)[None], np.ones((1, s), np.int32),
+                            np.zeros((1, 0, 32, 32, 3), np.uint8), np.zeros((1, 0), bool))
         logits, _ = model(batch, train=False)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits[0, :-1], tokens[1:])
         nll += float(ce.sum())
@@ -135,7 +134,7 @@ def test_eval_command_restores_a_trainer_checkpoint_and_runs_the_config_evaluato
     from mm1_jax.checkpoint import Checkpointer
     from mm1_jax.eval.restore import evaluate_checkpoint
     from mm1_jax.startup import start
-    from mm1_jax.train.state import create_train_state
+    from tests.helpers import create_train_state
 
     cfg = cfg.copy_and_resolve_references()
     cfg.checkpoint.async_save = False

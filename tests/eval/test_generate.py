@@ -12,6 +12,7 @@ from flax import nnx
 from mm1_jax.config import load_config
 from mm1_jax.eval.generate import generate
 from mm1_jax.models.mm1 import MM1Model, PlaceholderMismatchError
+from tests.helpers import generate_uncached
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMG, PAD, EOS = 3, 0, 2
@@ -54,7 +55,7 @@ def test_moe_batched_generation_equals_each_row_alone_and_no_cache():
     mask = np.concatenate([mask, np.zeros((5, 2), bool)])
     kw = dict(max_new_tokens=8, stop_ids=[], pad_id=PAD)
     batched = generate(model, prompts, images, mask, **kw)
-    assert batched == generate(model, prompts, images, mask, use_cache=False, **kw)
+    assert batched == generate_uncached(model, prompts, images, mask, **kw)
     alone = [generate(model, prompts[i:i + 1], images[i:i + 1], mask[i:i + 1], **kw)[0]
              for i in range(8)]
     assert batched == alone
@@ -65,7 +66,7 @@ def test_cache_equals_no_cache(setup):
     cfg, model, prompts, images, mask = setup
     kw = dict(max_new_tokens=12, stop_ids=[], pad_id=PAD)
     cached = generate(model, prompts, images, mask, **kw)
-    full = generate(model, prompts, images, mask, use_cache=False, **kw)
+    full = generate_uncached(model, prompts, images, mask, **kw)
     assert cached == full
     assert all(len(r) == 12 for r in cached)
     assert len({tuple(r) for r in cached}) == 3  # rows differ: the test can fail
@@ -78,7 +79,7 @@ def test_sampling_and_stop_tokens(setup):
     cfg, model, prompts, images, mask = setup
     kw = dict(max_new_tokens=10, pad_id=PAD, temperature=1.0, rng=jax.random.key(7))
     a = generate(model, prompts, images, mask, stop_ids=[], **kw)
-    b = generate(model, prompts, images, mask, stop_ids=[], use_cache=False, **kw)
+    b = generate_uncached(model, prompts, images, mask, stop_ids=[], **kw)
     assert a == b  # same key, same distribution, same draws
     stop = a[0][4]
     cut = generate(model, prompts, images, mask, stop_ids=[stop], **kw)

@@ -12,7 +12,7 @@ from PIL import Image
 from mm1_jax.data import demo as demo_data
 from mm1_jax.data.examples import layout
 from mm1_jax.data.records import Record, image_segment, text_segment
-from mm1_jax.data.tokenizer import Tokenizer, train_tokenizer
+from mm1_jax.data.tokenizer import train_tokenizer
 from mm1_jax.eval import fewshot, prompts, readers
 
 T = 4  # image tokens per image

@@ -14,8 +14,8 @@ from mm1_jax.config import load_config
 from mm1_jax.models import mm1
 from mm1_jax.startup import start
 from mm1_jax.train.loop import global_batch
-from mm1_jax.train.state import create_train_state
-from mm1_jax.train.synthetic import SPECIAL, make_global_batch
+from mm1_jax.data.synthetic import SPECIAL, make_global_batch
+from tests.helpers import create_train_state
 
 RTOL, ATOL = 1e-5, 1e-7
 COLLECTIVES = ("all-gather", "all-to-all", "collective-permute", "all-reduce", "reduce-scatter")
@@ -35,8 +35,8 @@ def loss_and_grads(budget, shape, devices, batch):
 
     def loss_fn(params, b):
         logits, aux = nnx.merge(state.recipe.graphdef, params)(b)
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), b["targets"])
-        return (ce * b["loss_mask"]).sum() / b["loss_mask"].sum(), aux["data/images_over_budget"]
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), b.targets)
+        return (ce * b.loss_mask).sum() / b.loss_mask.sum(), aux["data/images_over_budget"]
 
     with jax.set_mesh(run.mesh):
         b = global_batch(batch, run.mesh)
@@ -54,8 +54,8 @@ def main():
     assert len(devices) == 8, devices
     batch = make_global_batch(config(None, (1, 1, 1, 1)), 0, 0)
     mesh8 = (2, 4, 1, 1)
-    out = {"per_group": batch["image_mask"].reshape(8, -1).sum(1).tolist(),
-           "slots_per_group": batch["image_mask"][:2].size}
+    out = {"per_group": batch.image_mask.reshape(8, -1).sum(1).tolist(),
+           "slots_per_group": batch.image_mask[:2].size}
     fits = max(out["per_group"]) / out["slots_per_group"]
     tight = (max(out["per_group"]) - 2) / out["slots_per_group"]
     out["budgets"] = {"fits": fits, "tight": tight}

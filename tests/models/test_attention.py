@@ -1,6 +1,7 @@
 """The attention kernels of `config.model.attention`: splash (in Pallas interpret mode on CPU)
-equals XLA's dense-mask attention on real tokens, values and gradients; "auto" picks by
-platform; and the splash kernel compiles for a TPU topology without forming [t, t] scores."""
+equals XLA's dense-mask attention on real tokens, values and gradients; start-up resolves
+"auto" by platform; and the splash kernel compiles for a TPU topology without forming [t, t]
+scores."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from flax import nnx
 
 from mm1_jax.config import ConfigError, base_config, validate
 from mm1_jax.models import attention
-from mm1_jax.startup import start
-from mm1_jax.train.synthetic import SPECIAL
+from mm1_jax.models.kernels import Kernels
+from mm1_jax.startup import resolve_kernels, start
+from mm1_jax.data.synthetic import SPECIAL
 from tests.models import build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,7 +48,7 @@ def attention_case(impl: str) -> dict[str, np.ndarray]:
     w = jnp.asarray(rng.normal(size=(b, t, n, k)), jnp.float32) * (seg != 0)[..., None, None]
 
     def loss(q, k, v):
-        out = attention.packed_attention(q, k, v, seg, impl)
+        out = attention.packed_attention(q, k, v, seg, Kernels(attention=impl, interpret=True))
         return jnp.sum(out * w), out
 
     (_, out), grads = jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))(q, kk, v)
@@ -61,7 +63,7 @@ def test_xla_blocks_equal_dense_mask_attention_values_and_gradients():
     want = attention_case("xla")
     seg = jnp.asarray(want["seg"])
 
-    def dense(q, k, v, segment_ids, requested):
+    def dense(q, k, v, segment_ids, kernels):
         return jax.nn.dot_product_attention(q, k, v,
                                             mask=attention.attention_mask(segment_ids, segment_ids))
 
@@ -153,14 +155,17 @@ def _positions(row: np.ndarray) -> np.ndarray:
     ("auto", "tpu", jnp.bfloat16, "splash"), ("auto", "gpu", jnp.bfloat16, "cudnn"),
     ("auto", "gpu", jnp.float32, "xla"), ("xla", "tpu", jnp.float32, "xla"),
     ("splash", "cpu", jnp.float32, "splash")])
-def test_implementation_by_platform(requested, platform, dtype, want):
-    assert attention.implementation(requested, platform, dtype) == want
+def test_start_up_resolves_the_kernel_by_platform(requested, platform, dtype, want):
+    cfg = base_config()
+    cfg.model.attention, cfg.model.dtype = requested, jnp.dtype(dtype).name
+    assert resolve_kernels(cfg.model, platform).attention == want
 
 
 def test_auto_runs_xla_on_this_cpu():
-    assert attention.platform() == "cpu"
+    assert start(_decoder_cfg("auto"), special=SPECIAL, corpus=False).kernels.attention == "xla"
     q, seg = jnp.ones((1, 128, 2, 8)), jnp.ones((1, 128), jnp.int32)
-    jaxpr = {impl: str(jax.make_jaxpr(lambda q: attention.packed_attention(q, q, q, seg, impl))(q))
+    jaxpr = {impl: str(jax.make_jaxpr(lambda q: attention.packed_attention(
+                 q, q, q, seg, resolve_kernels(_decoder_cfg(impl).model, "cpu")))(q))
              for impl in ("auto", "splash")}
     assert "pallas_call" not in jaxpr["auto"] and "pallas_call" in jaxpr["splash"]
 
@@ -176,8 +181,9 @@ def test_kernels_that_cannot_run_are_config_errors():
     with pytest.raises(ConfigError, match="config.model.attention: 'cudnn' needs NVIDIA GPUs and "
                        "the devices are cpu"):
         start(cfg, special=SPECIAL, corpus=False)
-    with pytest.raises(ValueError, match="'splash' is a Pallas TPU kernel"):
-        attention.implementation("splash", "gpu", jnp.bfloat16)
+    cfg.model.attention = "splash"
+    with pytest.raises(ConfigError, match="'splash' is a Pallas TPU kernel"):
+        resolve_kernels(cfg.model, "gpu")
 
 
 # ----------------------------------------------------------------- TPU, compiled ahead of time

@@ -4,7 +4,6 @@ with images is exact, and the demo model trains (forward + backward) on CPU."""
 import math
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -13,7 +12,8 @@ from flax import nnx
 
 from mm1_jax.config import load_config
 from mm1_jax.models.mm1 import MM1Model, PlaceholderMismatchError, merge_image_embeddings
-from mm1_jax.train.synthetic import SPECIAL, make_global_batch
+from mm1_jax.data.synthetic import SPECIAL, make_global_batch
+from tests.helpers import model_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMG = 3  # image placeholder id in these tests
@@ -51,8 +51,7 @@ def _batch(cfg, docs, images_per_doc, images, seq):
     img[0, :len(images)] = images
     mask = np.zeros((1, n), bool)
     mask[0, :sum(images_per_doc)] = True
-    return {"tokens": tokens[None], "positions": positions[None], "segment_ids": segments[None],
-            "images": img, "image_mask": mask}
+    return model_batch(tokens[None], positions[None], segments[None], img, mask)
 
 
 def test_merge_writes_kth_image_into_kth_placeholder_run():
@@ -100,8 +99,8 @@ def test_demo_forward_backward_reduces_loss(cfg):
     t = cfg.model.connector.num_tokens
     doc = _doc(rng, 20, 2, t)
     batch = _batch(cfg, [doc], [2], rng.integers(0, 256, (2, 32, 32, 3), np.uint8), cfg.train.seq_len)
-    targets = np.roll(batch["tokens"], -1, axis=1)
-    mask = ((batch["segment_ids"] > 0) & (batch["tokens"] != IMG) & (targets != IMG)).astype(np.float32)
+    targets = np.roll(batch.tokens, -1, axis=1)
+    mask = ((batch.segment_ids > 0) & (batch.tokens != IMG) & (targets != IMG)).astype(np.float32)
     mask[0, len(doc) - 1:] = 0
 
     def loss_fn(m):
@@ -141,8 +140,8 @@ def _loss_and_grads(model, batch):
     def loss_fn(m):
         logits, aux = m(batch)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
-                                                             batch["targets"])
-        return (ce * batch["loss_mask"]).sum() / batch["loss_mask"].sum(), aux
+                                                             batch.targets)
+        return (ce * batch.loss_mask).sum() / batch.loss_mask.sum(), aux
 
     (loss, aux), grads = nnx.jit(nnx.value_and_grad(loss_fn, has_aux=True))(model)
     return float(loss), aux, nnx.to_flat_state(nnx.state(grads, nnx.Param))
@@ -167,9 +166,9 @@ def test_image_budget_gives_the_same_loss_and_gradients_as_every_slot(cfg, monke
     one (the buffer then also holds empty slots): loss and every parameter's gradient equal
     the every-slot path's, while the encoder sees only the budget."""
     batch = make_global_batch(cfg, 0, 0, special=SPECIAL)
-    counts = batch["image_mask"].sum(1)
+    counts = batch.image_mask.sum(1)
     assert len(set(counts.tolist())) > 2, counts  # rows hold different numbers of images
-    filled, slots = int(counts.sum()), batch["image_mask"].size
+    filled, slots = int(counts.sum()), batch.image_mask.size
     seen = _encoded(monkeypatch)
     loss, aux, grads = _loss_and_grads(_budget_model(cfg, None), batch)
     assert seen == [slots]
@@ -190,17 +189,17 @@ def test_images_over_the_budget_are_left_out_and_counted(cfg, monkeypatch):
     their placeholders get zeros, everything else is as with every slot encoded; evaluation
     (train=False) encodes them all."""
     batch = make_global_batch(cfg, 0, 0, special=SPECIAL)
-    mask, t = batch["image_mask"], cfg.model.connector.num_tokens
+    mask, t = batch.image_mask, cfg.model.connector.num_tokens
     budget = (int(mask.sum()) - 5) / mask.size
     full, limited = _budget_model(cfg, None), _budget_model(cfg, budget)
     seen = _encoded(monkeypatch)
-    x_full, _ = full.embed_inputs(batch["tokens"], batch["images"], batch["image_mask"])
-    x, over = limited.embed_inputs(batch["tokens"], batch["images"], batch["image_mask"])
+    x_full, _ = full.embed_inputs(batch.tokens, batch.images, batch.image_mask)
+    x, over = limited.embed_inputs(batch.tokens, batch.images, batch.image_mask)
     assert int(over) == 5 and seen == [mask.size, int(mask.sum()) - 5]
     # Independently: placeholder j of row r belongs to the row's image j // t; the image is
     # dropped when it is among the batch's last 5 filled slots in row-major order.
     dropped_slots = set(map(tuple, np.argwhere(mask)[-5:].tolist()))
-    is_img = batch["tokens"] == IMG
+    is_img = batch.tokens == IMG
     image_of = np.cumsum(is_img, axis=1) - 1
     dropped = np.zeros_like(is_img)
     for r, j in zip(*np.nonzero(is_img)):

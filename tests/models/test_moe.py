@@ -431,15 +431,20 @@ def test_megablox_without_an_expert_axis_runs_per_device():
     run_on_cpu_devices(script, 4)
 
 
-def test_grouped_matmul_choice_by_platform():
+def test_start_up_resolves_the_grouped_matmul_by_platform():
     from mm1_jax.config import ConfigError, validate
-    from mm1_jax.models.moe import grouped_matmul
+    from mm1_jax.startup import resolve_kernels
 
-    assert grouped_matmul("auto", "tpu") == "megablox"
-    assert grouped_matmul("auto", "gpu") == grouped_matmul("auto", "cpu") == "xla"
-    assert grouped_matmul("megablox", "cpu") == "megablox"  # Pallas interpret mode
-    with pytest.raises(ValueError, match="Pallas TPU kernel"):
-        grouped_matmul("megablox", "gpu")
+    def resolved(requested, platform):
+        return resolve_kernels(small_cfg(grouped_matmul=requested).model, platform)
+
+    assert resolved("auto", "tpu").grouped_matmul == "megablox"
+    assert resolved("auto", "gpu").grouped_matmul == resolved("auto", "cpu").grouped_matmul == "xla"
+    cpu = resolved("megablox", "cpu")  # Pallas interpret mode
+    assert (cpu.grouped_matmul, cpu.interpret) == ("megablox", True)
+    assert not resolved("megablox", "tpu").interpret
+    with pytest.raises(ConfigError, match="Pallas TPU kernel"):
+        resolved("megablox", "gpu")
     cfg = small_cfg(grouped_matmul="cutlass")
     cfg.model.moe.expert_mlp_dim = None
     with pytest.raises(ConfigError, match="model.moe.grouped_matmul"):

@@ -8,7 +8,7 @@ import pytest
 
 from mm1_jax.config import load_config
 from mm1_jax.startup import abstract_model
-from mm1_jax.train.synthetic import SPECIAL
+from mm1_jax.data.synthetic import SPECIAL
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

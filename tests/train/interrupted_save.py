@@ -25,7 +25,7 @@ def main(directory: str) -> None:
     cfg.checkpoint.every, cfg.checkpoint.keep = 1, 5
     ckpt = Checkpointer(directory, cfg)
     ckpt.save(1, FakeState({"w": jnp.full((1000,), 1.0)}), None)
-    ckpt.wait()
+    ckpt.manager.wait_until_finished()
     big = {f"w{i}": jnp.arange(4_000_000, dtype=jnp.float32) * i for i in range(16)}  # 256 MB
     ckpt.save(2, FakeState(big), None)  # returns while the files are still being written
     os.kill(os.getpid(), signal.SIGKILL)

@@ -14,7 +14,7 @@ from mm1_jax.checkpoint import Checkpointer
 from mm1_jax.startup import start
 from mm1_jax.train.loop import compile_step, global_batch
 from mm1_jax.train.state import abstract_train_state, init_train_state
-from mm1_jax.train.synthetic import SPECIAL, make_global_batch
+from mm1_jax.data.synthetic import SPECIAL, make_global_batch
 
 STEPS = 5
 

@@ -27,7 +27,7 @@ def _loss_tokens_per_row(d: str, kind: str, rows: int) -> np.ndarray:
     cfg = C.config(d, prefetch=0, mixture={kind: 1.0}, shuffle_seed=1)
     it = pipeline.make_iterator(cfg, shard_index=0, shard_count=1)
     try:
-        return np.concatenate([next(it)["loss_mask"].sum(1) for _ in range(rows // 4)])
+        return np.concatenate([next(it).loss_mask.sum(1) for _ in range(rows // 4)])
     finally:
         it.close()
 

@@ -7,7 +7,7 @@ from mm1_jax.config import ConfigError
 from mm1_jax.train import loop
 from mm1_jax.config import validate
 from mm1_jax.sharding import resolve_mesh_shape, spec_for
-from mm1_jax.train.synthetic import SPECIAL
+from mm1_jax.data.synthetic import SPECIAL
 
 
 def test_mesh_shape_inference():

@@ -13,7 +13,7 @@ from mm1_jax.config import CONNECTORS, load_config
 from mm1_jax.startup import abstract_model
 from mm1_jax.train import optimizer
 from mm1_jax.train.optimizer import flatten_paths, lr_schedule, param_labels
-from mm1_jax.train.synthetic import SPECIAL
+from mm1_jax.data.synthetic import SPECIAL
 
 
 def _cfg(**optim):

@@ -12,7 +12,8 @@ from mm1_jax.startup import start
 from mm1_jax.train.loop import TrainingError, compile_step, global_batch, train
 from mm1_jax.train.optimizer import flatten_paths
 from mm1_jax.train.state import abstract_train_state, init_train_state
-from mm1_jax.train.synthetic import SPECIAL, SyntheticBatches, make_global_batch
+from mm1_jax.data.synthetic import SPECIAL, SyntheticBatches, make_global_batch
+from tests.helpers import NaNFrom
 
 
 def _steps(cfg, batches):
@@ -75,7 +76,7 @@ def test_fused_head_loss_is_the_plain_objective(demo_cfg):
 def test_non_finite_step_is_skipped_and_counted(demo_cfg):
     good = make_global_batch(demo_cfg, 0, 0)
     bad = make_global_batch(demo_cfg, 0, 1)
-    bad["loss_mask"][0, 5] = np.nan  # a NaN loss (uint8 pixels cannot carry one)
+    bad.loss_mask[0, 5] = np.nan  # a NaN loss (uint8 pixels cannot carry one)
     init, final, metrics = _steps(demo_cfg, [bad, bad])
     assert [m["opt/skipped"] for m in metrics] == [1, 1]
     assert [m["opt/bad_streak"] for m in metrics] == [1, 2]
@@ -91,7 +92,7 @@ def test_non_finite_step_is_skipped_and_counted(demo_cfg):
 def test_loop_stops_on_a_streak_of_non_finite_steps(demo_cfg, tmp_path):
     demo_cfg.train.max_bad_steps, demo_cfg.train.log_every = 3, 1  # steps as shipped: same program
     with pytest.raises(TrainingError, match=r"step 5: 3 consecutive steps had a non-finite"):
-        train(demo_cfg, str(tmp_path), iterator=SyntheticBatches(demo_cfg, nan_from=2),
+        train(demo_cfg, str(tmp_path), iterator=NaNFrom(demo_cfg, 2),
               special=SPECIAL)
     rows = [json.loads(l) for l in open(os.path.join(tmp_path, "metrics.jsonl"))]
     assert [r["opt/skipped_total"] for r in rows] == [0, 0, 1, 2]
@@ -100,7 +101,7 @@ def test_loop_stops_on_a_streak_of_non_finite_steps(demo_cfg, tmp_path):
 def _mismatched(cfg, index):
     """A synthetic batch whose row 0 claims one image fewer than its placeholders hold."""
     b = make_global_batch(cfg, 0, index)
-    b["image_mask"][0, b["image_mask"][0].sum() - 1] = False
+    b.image_mask[0, b.image_mask[0].sum() - 1] = False
     return b
 
 
@@ -146,7 +147,7 @@ def test_loop_counts_images_over_the_budget_and_mfu_counts_real_images(demo_cfg,
     from mm1_jax.startup import abstract_model
 
     demo_cfg.model.image_budget, demo_cfg.train.steps, demo_cfg.train.log_every = 0.625, 4, 2
-    masks = [make_global_batch(demo_cfg, 0, i)["image_mask"] for i in range(4)]
+    masks = [make_global_batch(demo_cfg, 0, i).image_mask for i in range(4)]
     over = [max(int(m.sum()) - 30, 0) for m in masks]
     assert sum(over) > 0 and 0 in over  # some steps drop images, some do not
     with caplog.at_level("WARNING"):

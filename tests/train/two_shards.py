@@ -3,6 +3,7 @@ see together (rows of data shard 0 of 2, then rows of shard 1 of 2), on 2 simula
 
 import sys
 
+import jax
 import numpy as np
 from absl import flags
 
@@ -20,7 +21,7 @@ class BothShards:
 
     def __next__(self):
         a, b = (next(p) for p in self.parts)
-        return {k: np.concatenate([a[k], b[k]]) for k in a}
+        return jax.tree.map(lambda x, y: np.concatenate([x, y]), a, b)
 
 
 def main(argv):

@@ -1,5 +1,6 @@
-"""Synthetic batches in the data contract's shapes (docs/data.md), for the benchmarks and
-the tests, which must not depend on a corpus: batch k is a pure function of (seed, k, shard).
+"""Synthetic batches of the batch contract (`mm1_jax.data.batch.Batch`), for the benchmarks,
+the AOT-free speed checks and the tests, which must not depend on a corpus: batch k is a pure
+function of (seed, k, shard).
 Token ids are random, so the loss stays near ln(vocab): good for speed and equality checks, not
 for learning."""
 
@@ -10,7 +11,9 @@ import json
 
 import numpy as np
 
-from mm1_jax.data.batch import targets_and_loss_mask
+import jax
+
+from mm1_jax.data.batch import Batch, targets_and_loss_mask
 from mm1_jax.data.tokenizer import SpecialIds
 
 # Ids of synthetic batches (no tokenizer): a run on them passes these to the trainer
@@ -24,22 +27,19 @@ class SyntheticBatches:
     start, T placeholders, end, packed among random text, with two segments per row."""
 
     def __init__(self, cfg, *, seed: int = 0, shard_index: int = 0, shard_count: int = 1,
-                 nan_from: int | None = None, special: SpecialIds = SPECIAL):
+                 special: SpecialIds = SPECIAL):
         self.cfg, self.seed, self.special = cfg, seed, special
         self.shard_index, self.shard_count = shard_index, shard_count
-        self.nan_from = nan_from  # batches from this index on carry a NaN loss mask
         self.index = 0
 
     def __iter__(self):
         return self
 
-    def __next__(self) -> dict[str, np.ndarray]:
+    def __next__(self) -> Batch:
         batch = make_global_batch(self.cfg, self.seed, self.index, special=self.special)
-        if self.nan_from is not None and self.index >= self.nan_from:
-            batch["loss_mask"][:] = np.nan  # uint8 pixels cannot be NaN; the loss can
         self.index += 1
         b = self.cfg.train.batch_size // self.shard_count
-        return {k: v[self.shard_index * b:(self.shard_index + 1) * b] for k, v in batch.items()}
+        return jax.tree.map(lambda v: v[self.shard_index * b:(self.shard_index + 1) * b], batch)
 
     def get_state(self) -> bytes:
         return json.dumps({"index": self.index}).encode()
@@ -47,12 +47,9 @@ class SyntheticBatches:
     def set_state(self, state: bytes) -> None:
         self.index = json.loads(state)["index"]
 
-    def start_prefetch(self) -> None:
-        pass
-
 
 def make_global_batch(cfg, seed: int, index: int, *,
-                      special: SpecialIds = SPECIAL) -> dict[str, np.ndarray]:
+                      special: SpecialIds = SPECIAL) -> Batch:
     """Global batch `index`; targets and loss mask by the pipeline's rule
     (mm1_jax.data.batch.targets_and_loss_mask). The model must take `special.image` as its
     placeholder id."""
@@ -88,5 +85,7 @@ def make_global_batch(cfg, seed: int, index: int, *,
     targets, loss_mask = targets_and_loss_mask(tokens, segment_ids, special)
     images = rng.integers(0, 256, (B, n_img, size, size, 3), np.uint8)
     images[~image_mask] = 0
-    return dict(tokens=tokens, targets=targets, loss_mask=loss_mask, segment_ids=segment_ids,
-                positions=positions, kinds=kinds, images=images, image_mask=image_mask)
+    zeros = np.zeros((B,), np.int32)  # nothing is cut or dropped making synthetic rows
+    return Batch(tokens=tokens, targets=targets, loss_mask=loss_mask, segment_ids=segment_ids,
+                 positions=positions, kinds=kinds, images=images, image_mask=image_mask,
+                 truncated=zeros, dropped=zeros.copy())
