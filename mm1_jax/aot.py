@@ -45,6 +45,7 @@ from mm1_jax import sharding
 from mm1_jax.config import MESH_AXES, ConfigError, moe_period
 from mm1_jax.data.batch import batch_spec
 from mm1_jax.data.synthetic import SPECIAL
+from mm1_jax.errors import cli
 from mm1_jax.startup import Run, start
 from mm1_jax.train.loop import compile_step
 from mm1_jax.train.metrics import encoded_images, model_flops_per_step
@@ -239,11 +240,7 @@ def main(argv):
               f"{r['vision_depth']}, no remat: compiler {r['compiler_flops_per_chip'] / 1e12:.4g} "
               f"TFLOP per chip / model {r['model_flops_per_chip'] / 1e12:.4g} = {r['ratio']:.3f}")
         return
-    try:
-        report = compile_for(cfg, topology_devices(name), TOPOLOGIES[name].hbm_bytes)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    report = compile_for(cfg, topology_devices(name), TOPOLOGIES[name].hbm_bytes)
     report = {"topology": name, **report, "wall_s": time.perf_counter() - t}
     print(json.dumps(report) if flags.FLAGS.json else format_report(report, name))
     if not report["fits"]:
@@ -259,4 +256,4 @@ if __name__ == "__main__":
     flags.DEFINE_bool("flops", False, "Check compiler FLOPs per chip against model FLOPs at "
                       "reduced depth instead of memory (module doc).")
     flags.mark_flags_as_required(["config", "topology"])
-    app.run(main)
+    app.run(cli(main))

@@ -17,6 +17,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from mm1_jax.data.kinds import KINDS
+from mm1_jax.errors import ConfigError  # also reachable as mm1_jax.config.ConfigError
 
 CONNECTORS = ("c_abstractor", "avg_pool", "attn_pool")
 VISION_ACTS = ("quick_gelu", "gelu")
@@ -34,8 +35,6 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")  # data.interpola
 RESIZE_MODES = ("center_crop", "squash")  # data.resize_mode
 
 
-class ConfigError(ValueError):
-    """A config that cannot describe a valid model or run; the message names the key."""
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -13,6 +13,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from mm1_jax.errors import cli
+
 # experiments/ sits beside the package in a checkout (the demo runs from one).
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            "experiments", "demo_cpu.py")
@@ -20,21 +22,16 @@ DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 
 def main(argv):
     del argv
-    from mm1_jax.config import ConfigError
     from mm1_jax.data.demo import ensure_demo_data
     from mm1_jax.eval.demo import format_table
-    from mm1_jax.train.loop import TrainingError, quiet_library_logs, train
+    from mm1_jax.train.loop import quiet_library_logs, train
 
     quiet_library_logs()
 
     cfg = flags.FLAGS.config
     workdir = flags.FLAGS.workdir or os.path.join("workdir", cfg.name)
     ensure_demo_data(cfg.data.dir)
-    try:
-        result = train(cfg, workdir)
-    except (ConfigError, TrainingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    result = train(cfg, workdir)
     print(f"{'stopped (pre-empted)' if result.preempted else 'finished'} at step {result.step}; "
           f"checkpoints in {os.path.join(workdir, 'checkpoints')}", file=sys.stderr)
     if "demo/caption_acc_0shot" in result.eval_metrics:
@@ -46,4 +43,4 @@ if __name__ == "__main__":
     # Flags are defined here, not at import, so programs with their own flags can import this.
     config_flags.DEFINE_config_file("config", DEMO_CONFIG, "The demo's config.", lock_config=True)
     flags.DEFINE_string("workdir", None, "Run directory (default workdir/<config.name>).")
-    app.run(main)
+    app.run(cli(main))

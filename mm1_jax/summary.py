@@ -9,6 +9,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mm1_jax.config import validate
+from mm1_jax.errors import cli
 from mm1_jax.models.stats import ModelStats
 from mm1_jax.startup import abstract_model
 from mm1_jax.data.synthetic import SPECIAL
@@ -50,4 +51,4 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
     flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
     flags.mark_flag_as_required("config")
-    app.run(main)
+    app.run(cli(main))

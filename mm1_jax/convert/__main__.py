@@ -24,6 +24,8 @@ import sys
 
 import numpy as np
 
+from mm1_jax.errors import cli
+
 
 def _mesh(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(","))
@@ -115,4 +117,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)()

@@ -23,13 +23,14 @@ import jax
 import numpy as np
 
 from mm1_jax.data.tokenizer import SpecialIds
+from mm1_jax.errors import DataError
 
 
 def _field(dtype: str, dims: str, doc: str):
     return dataclasses.field(metadata={"dtype": dtype, "dims": dims, "doc": doc})
 
 
-class BatchError(ValueError):
+class BatchError(DataError):
     """A batch that does not follow the contract; the message names the field."""
 
 

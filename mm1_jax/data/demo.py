@@ -34,6 +34,7 @@ from mm1_jax.data import records
 from mm1_jax.data.kinds import KINDS
 from mm1_jax.data.records import Record, image_segment, text_segment
 from mm1_jax.data.tokenizer import train_tokenizer
+from mm1_jax.errors import cli
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 CAPTION_TEMPLATES = (
@@ -234,4 +235,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)()

@@ -24,6 +24,7 @@ import msgpack
 from array_record.python import array_record_module
 
 from mm1_jax.data.kinds import KINDS
+from mm1_jax.errors import DataError
 
 SCHEMA_VERSION = 1
 IMAGE_FORMATS = ("jpeg", "png", "webp")
@@ -32,7 +33,7 @@ IMAGE_FORMATS = ("jpeg", "png", "webp")
 WRITER_OPTIONS = "group_size:1,zstd:1"
 
 
-class RecordError(ValueError):
+class RecordError(DataError):
     """A record that does not follow the schema; the message names the shard and index."""
 
 

@@ -22,6 +22,8 @@ from collections.abc import Iterable, Iterator
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
+from mm1_jax.errors import DataError, cli
+
 IMAGE, IMAGE_START, IMAGE_END = "<image>", "<img>", "</img>"
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 _Piece = sp_pb2.ModelProto.SentencePiece
@@ -40,7 +42,7 @@ class SpecialIds:
     image_end: int  # </img>
 
 
-class TokenizerError(ValueError):
+class TokenizerError(DataError):
     """A tokenizer file that cannot serve the model; the message names the file and the fix."""
 
 
@@ -188,4 +190,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)()

@@ -19,8 +19,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from mm1_jax.config import ConfigError
-from mm1_jax.eval.readers import EvalDataError
+from mm1_jax.errors import cli
 from mm1_jax.eval.restore import evaluate_checkpoint
 from mm1_jax.writer import MetricsWriter
 
@@ -33,12 +32,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
-    try:
-        results, step = evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, step=_CHECKPOINT.value,
-                                            only=_ONLY.value)
-    except (ConfigError, EvalDataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    results, step = evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, step=_CHECKPOINT.value,
+                                        only=_ONLY.value)
     writer = MetricsWriter(_WORKDIR.value)
     path = writer.write_eval(step, results)
     writer.close()
@@ -49,4 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(cli(main))

@@ -20,9 +20,7 @@ import re
 
 import numpy as np
 
-
-class EvalDataError(ValueError):
-    """A benchmark file or image folder the evaluators cannot use; the message says which and why."""
+from mm1_jax.errors import EvalDataError  # also reachable as readers.EvalDataError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,6 +36,7 @@ import numpy as np
 from flax import nnx
 
 from mm1_jax.data.batch import Batch
+from mm1_jax.errors import DataError
 from mm1_jax.models import layers
 from mm1_jax.models.connector import build_connector
 from mm1_jax.models.decoder import Decoder
@@ -44,7 +45,7 @@ from mm1_jax.models.vision import VisionEncoder
 from mm1_jax.sharding import batch_shards, constrain
 
 
-class PlaceholderMismatchError(ValueError):
+class PlaceholderMismatchError(DataError):
     """A row's image placeholders do not match its images; raised instead of misaligning them."""
 
 

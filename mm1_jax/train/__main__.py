@@ -13,6 +13,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mm1_jax.errors import cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default workdir/<config.name>).")
@@ -33,19 +35,13 @@ def main(argv):
         jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                    num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
 
-    from mm1_jax.config import ConfigError
-    from mm1_jax.train.loop import TrainingError, quiet_library_logs, train
+    from mm1_jax.train.loop import quiet_library_logs, train
 
     quiet_library_logs()
 
     workdir = _WORKDIR.value or os.path.join("workdir", cfg.name)
     logging.info("config %s, workdir %s", cfg.name, workdir)
-    try:
-        result = train(cfg, workdir)
-    except (ConfigError, TrainingError) as e:
-        logging.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    result = train(cfg, workdir)
     print(f"{'stopped (pre-empted)' if result.preempted else 'finished'} at step {result.step}; "
           f"checkpoints in {os.path.join(workdir, 'checkpoints')}", file=sys.stderr)
     if result.eval_metrics:
@@ -55,4 +51,4 @@ def main(argv):
             print(f"  {name.ljust(width)}  {value:.4f}")
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(cli(main))

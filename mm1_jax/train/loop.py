@@ -34,6 +34,7 @@ from mm1_jax.convert.init_from import apply_init_from
 from mm1_jax.data.batch import Batch, batch_spec, check_batch
 from mm1_jax.data.pipeline import make_iterator
 from mm1_jax.data.tokenizer import SpecialIds
+from mm1_jax.errors import RunError
 from mm1_jax.eval import evaluators as eval_lib
 from mm1_jax.startup import Run, start
 from mm1_jax.train.metrics import (MetricsWindow, Progress, encoded_images, model_flops_per_step,
@@ -56,7 +57,7 @@ def quiet_library_logs() -> None:
     logging.get_absl_handler().addFilter(_LibraryInfoFilter())
 
 
-class TrainingError(RuntimeError):
+class TrainingError(RunError):
     """The run cannot continue (diverged, or the data disagrees with the model); says at which step."""
 
 

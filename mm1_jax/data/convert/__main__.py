@@ -8,6 +8,7 @@ import sys
 
 from mm1_jax.data.convert import core, sources
 from mm1_jax.data.images import ImageLimits
+from mm1_jax.errors import cli
 
 FORMATS = {
     "webdataset": ("caption", "img2dataset tar shards: key.jpg + key.txt/key.json"),
@@ -62,4 +63,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)()
