@@ -182,7 +182,9 @@ def _data() -> ml_collections.ConfigDict:
     """`cfg.data`: the corpus, the 45/45/10 mixture (MM1 section 4) and the input pipeline."""
     data = ml_collections.ConfigDict()
     data.dir = config_dict.placeholder(str)  # ArrayRecord shards: <dir>/<kind>/*.array_record
-    data.tokenizer = config_dict.placeholder(str)  # sentencepiece .model
+    # sentencepiece .model, Hugging Face tokenizer.json, or a directory holding one
+    # (mm1_jax/data/tokenizer.py); default: the one init_from.decoder was converted with.
+    data.tokenizer = config_dict.placeholder(str)
     data.max_images = 16  # per packed sequence (MM1 section 4)
     data.mixture = ml_collections.ConfigDict(
         {"interleaved": 0.45, "caption": 0.45, "text": 0.10}
