@@ -58,9 +58,9 @@ def make_target_mesh(shape: Sequence[int]) -> jax.sharding.Mesh:
 
 def convert(component: str, leaves: dict, reader: Reader, cfg: ml_collections.ConfigDict,
             out: str, *, mesh: jax.sharding.Mesh, source: str, architecture: str,
-            extra: dict | None = None) -> dict:
+            meta: dict | None = None) -> dict:
     """Streams `leaves` into arrays sharded on `mesh` and writes `out/state` + `out/model.json`
-    (with `extra`'s fields). Returns the sharded arrays {path: jax.Array}."""
+    (with `meta`'s fields). Returns the sharded arrays {path: jax.Array}."""
     module = _component(component, cfg)
     flat = dict(nnx.to_flat_state(nnx.state(module, nnx.Param)))
     missing = sorted(set(flat) - set(leaves), key=str)
@@ -83,7 +83,7 @@ def convert(component: str, leaves: dict, reader: Reader, cfg: ml_collections.Co
     model = {s: {f: _plain(cfg.model[s][f]) for f in ARCH_FIELDS[s]} for s in sections}
     with open(os.path.join(out, "model.json"), "w") as f:
         json.dump({"component": component, "source": os.path.abspath(source),
-                   "architecture": architecture, "model": model, **(extra or {})}, f, indent=2)
+                   "architecture": architecture, "model": model, **(meta or {})}, f, indent=2)
     return arrays
 
 
@@ -142,12 +142,12 @@ def convert_decoder(src: str, out: str, *, mesh_shape: Sequence[int] = (1, 1, 1,
     and the vocabulary grows to hold its ids with mm1_jax's special tokens."""
     source_lib.check_source(src, "decoder")
     _, config = read_json(src, "config.json")
-    extra = _with_tokenizer(src, out, tokenizer, config, options)
+    meta = _with_tokenizer(src, out, tokenizer, config, options)
     cfg = decoder_config(config, **options)
     reader = SafetensorsReader(src)
     leaves = llama.decoder_leaves(reader, cfg, router_seed=router_seed)
     convert("decoder", leaves, reader, cfg, out, mesh=make_target_mesh(mesh_shape), source=src,
-            architecture=config["architectures"][0], extra=extra)
+            architecture=config["architectures"][0], meta=meta)
     return cfg, reader
 
 
