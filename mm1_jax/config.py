@@ -468,8 +468,8 @@ def check_batch_split(train: ml_collections.ConfigDict, *, mesh_sizes: dict[str,
              f"{processes}")
 
 
-def load_config(path: str) -> ml_collections.ConfigDict:
-    """Loads `experiments/x.py[:arg]` (its `get_config()`), as `--config=` does, and validates it."""
+def load_experiment(path: str) -> ml_collections.ConfigDict:
+    """`get_config()` of `experiments/x.py[:arg]`, as `--config=` loads it, not yet validated."""
     import importlib.util
     import os
 
@@ -479,5 +479,9 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(file))[0], file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    cfg = module.get_config(arg) if arg else module.get_config()
-    return validate(cfg)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+    """Loads `experiments/x.py[:arg]` (its `get_config()`), as `--config=` does, and validates it."""
+    return validate(load_experiment(path))

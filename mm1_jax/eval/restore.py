@@ -17,7 +17,7 @@ from flax import nnx
 
 from mm1_jax import sharding
 from mm1_jax.checkpoint import restore_params
-from mm1_jax.config import ConfigError
+from mm1_jax.config import ConfigError, validate
 from mm1_jax.convert.common import SECTIONS
 from mm1_jax.convert.init_from import adopt, check_shapes, latest_checkpoint
 from mm1_jax.errors import CheckpointError
@@ -57,6 +57,7 @@ def for_checkpoint(cfg: ml_collections.ConfigDict, step_dir: str) -> ml_collecti
 def restore_model(cfg: ml_collections.ConfigDict, workdir: str, *, step: int | None = None,
                   devices=None) -> tuple[nnx.Module, int, Run]:
     """(model, step, start-up's Run) with `workdir`'s checkpoint `step` (default newest)."""
+    validate(cfg)  # a mistake in the config is named before the workdir is looked at
     step_dir = checkpoint_dir(workdir, step)
     run = start(for_checkpoint(cfg, step_dir), devices=devices, corpus=False)
     shardings = sharding.param_shardings(run.model.params, run.model.names, run.mesh)
