@@ -151,7 +151,7 @@ def resolve_architecture(cfg: ml_collections.ConfigDict, workdir: str | None = N
     own = latest_checkpoint(workdir) if workdir else None
     if own is not None and os.path.isdir(os.path.join(own, "config")):
         return adopt(cfg, dict.fromkeys(SECTIONS, own), what=f"the run's checkpoint {own}")
-    chosen = {c: p for c, p in cfg.init_from.items() if p}
+    chosen = {c: cfg.init_from[c] for c in SECTIONS if cfg.init_from.get(c)}
     for component, path in chosen.items():
         if not os.path.isdir(os.path.join(path, "state")):
             raise ConfigError(f"config.init_from.{component}: {path!r} has no state/ checkpoint")
