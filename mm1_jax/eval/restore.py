@@ -57,8 +57,11 @@ def for_checkpoint(cfg: ml_collections.ConfigDict, step_dir: str) -> ml_collecti
 def restore_model(cfg: ml_collections.ConfigDict, workdir: str, *, step: int | None = None,
                   devices=None) -> tuple[nnx.Module, int, Run]:
     """(model, step, start-up's Run) with `workdir`'s checkpoint `step` (default newest)."""
-    validate(cfg)  # a mistake in the config is named before the workdir is looked at
-    step_dir = checkpoint_dir(workdir, step)
+    try:
+        step_dir = checkpoint_dir(workdir, step)
+    except CheckpointError:
+        validate(cfg)  # a mistake in the config is named first
+        raise
     run = start(for_checkpoint(cfg, step_dir), devices=devices, corpus=False)
     shardings = sharding.param_shardings(run.model.params, run.model.names, run.mesh)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
