@@ -56,7 +56,7 @@ def openclip_arch(config: dict) -> dict:
     for key, default in _OPENCLIP_DEFAULTS.items():
         if key in v and v[key] != default:
             raise CheckpointError(f"open_clip_config.json: vision_cfg.{key}={v[key]!r} is not supported "
-                             f"by mm1_jax's VisionEncoder (only {default!r})")
+                                  f"by mm1_jax's VisionEncoder (only {default!r})")
     width = v.get("width", 768)
     head_width = v.get("head_width", 64)
     image_size, patch = v.get("image_size", 224), v.get("patch_size", 16)
@@ -89,7 +89,7 @@ def _check_width(reader: Reader, conv_name: str, cfg) -> None:
     v = cfg.model.vision
     if reader.shape(conv_name) != (v.width, 3, v.patch_size, v.patch_size):
         raise CheckpointError(f"patch conv {reader.shape(conv_name)} does not match config width "
-                         f"{v.width}, patch {v.patch_size}")
+                              f"{v.width}, patch {v.patch_size}")
 
 
 def _patch_kernel(conv):  # [d, 3, p, p] -> [p*p*3, d]: our patches are flattened (row, col, channel)
@@ -135,7 +135,7 @@ def openclip_leaves(reader: Reader, cfg: ml_collections.ConfigDict) -> dict:
         s in k for s in (".ls_1", ".ls_2", "attn_pool", ".ln_q", ".ln_k", "ln_attn", "ln_inner")))
     if unknown:
         raise CheckpointError(f"OpenCLIP tensors of features mm1_jax's VisionEncoder does not have "
-                         f"(layer scale, attentional pooling, qk-norm, ...): {unknown[:5]}")
+                              f"(layer scale, attentional pooling, qk-norm, ...): {unknown[:5]}")
     name = lambda n: pre + n  # noqa: E731
     v, d = cfg.model.vision, cfg.model.vision.width
     _check_width(reader, name("conv1.weight"), cfg)

@@ -49,7 +49,7 @@ def hf_llama_tensors(params: Mapping, decoder: ml_collections.ConfigDict,
     """Our Decoder parameters (nested, numpy) -> HF Llama / Qwen2 state dict (float32)."""
     if moe is not None and moe.num_experts:
         raise CheckpointError("export to Hugging Face covers the dense decoder; this one has "
-                         f"model.moe.num_experts={moe.num_experts}")
+                              f"model.moe.num_experts={moe.num_experts}")
     d = decoder
     p = {k: np.asarray(v, np.float32) for k, v in flat(params).items()}
     real = d.real_vocab_size or d.vocab_size

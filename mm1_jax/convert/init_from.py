@@ -104,10 +104,6 @@ def check_architecture(cfg: ml_collections.ConfigDict, component: str, path: str
                           "--help: --image_size, --feature_layer, --vocab_size, ...)")
 
 
-def _flag(key: str, value) -> str:
-    return f"--config.{key}={value}"
-
-
 def adopt(cfg: ml_collections.ConfigDict, sources: dict[str, str], *, what: str
           ) -> ml_collections.ConfigDict:
     """A copy of `cfg` whose architecture is that of the checkpoints it starts from (`sources`:
@@ -128,7 +124,7 @@ def adopt(cfg: ml_collections.ConfigDict, sources: dict[str, str], *, what: str
                 adopted.append(f"{key}={b!r}")
             else:
                 conflicts.append(f"{key} is {a!r}, {src['what']} has {b!r}")
-                flags.append(_flag(key, b))
+                flags.append(f"--config.{key}={b}")
         if component == "decoder" and not out.data.tokenizer and src["tokenizer"]:
             with out.unlocked():
                 out.data.tokenizer = src["tokenizer"]
@@ -153,9 +149,13 @@ def resolve_architecture(cfg: ml_collections.ConfigDict, workdir: str | None = N
         return adopt(cfg, dict.fromkeys(SECTIONS, own), what=f"the run's checkpoint {own}")
     chosen = {c: cfg.init_from[c] for c in SECTIONS if cfg.init_from.get(c)}
     for component, path in chosen.items():
-        if not os.path.isdir(os.path.join(path, "state")):
-            raise ConfigError(f"config.init_from.{component}: {path!r} has no state/ checkpoint")
+        _check_state(component, path)
     return adopt(cfg, chosen, what="the checkpoints of config.init_from")
+
+
+def _check_state(component: str, path: str) -> None:
+    if not os.path.isdir(os.path.join(path, "state")):
+        raise ConfigError(f"config.init_from.{component}: {path!r} has no state/ checkpoint")
 
 
 def check_shapes(abstract_params: dict, state_dir: str) -> None:
@@ -194,8 +194,7 @@ def apply_init_from(cfg: ml_collections.ConfigDict, abstract, state):
     if not chosen:
         return state
     for component, path in chosen.items():
-        if not os.path.isdir(os.path.join(path, "state")):
-            raise ConfigError(f"config.init_from.{component}: {path!r} has no state/ checkpoint")
+        _check_state(component, path)
         check_architecture(cfg, component, path)
         check_shapes({component: abstract.params[component]}, os.path.join(os.path.abspath(path), "state"))
     params = dict(state.params)

@@ -36,7 +36,7 @@ def decoder_arch(config: dict, *, max_seq_len: int | None = None) -> tuple[dict,
     arch = (config.get("architectures") or ["?"])[0]
     if arch not in ARCHITECTURES:
         raise CheckpointError(f"config.json: architecture {arch!r} is not supported; "
-                         f"supported: {ARCHITECTURES}")
+                              f"supported: {ARCHITECTURES}")
 
     def unsupported(key, value, why):
         raise CheckpointError(f"config.json: {key}={value!r} is not supported by mm1_jax's decoder ({why})")
@@ -184,7 +184,7 @@ def _check_all_used(reader: Reader, leaves: Mapping, ignored: tuple[str, ...]) -
     left = sorted(k for k in reader.keys() if k not in used and not k.endswith(_IGNORED))
     if left:
         raise CheckpointError(f"checkpoint tensors with no place in mm1_jax's decoder: {left[:8]}"
-                         f"{' ...' if len(left) > 8 else ''}")
+                              f"{' ...' if len(left) > 8 else ''}")
 
 
 def llama_params(sd: Mapping[str, np.ndarray], cfg: ml_collections.ConfigDict) -> dict:

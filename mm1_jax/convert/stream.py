@@ -202,7 +202,7 @@ def read_block(reader: Reader, leaf: Leaf, index: tuple[slice, ...] | None = Non
                 part = np.asarray(leaf.fn(t))
                 if part.shape != leaf.shape[lead:]:
                     raise CheckpointError(f"{name}: converted to {part.shape}, but the model expects "
-                                     f"{leaf.shape[lead:]}; does the config match the checkpoint?")
+                                          f"{leaf.shape[lead:]}; does the config match the checkpoint?")
                 out[pos] = part[index[lead:]]
         return out
 

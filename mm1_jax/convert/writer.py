@@ -35,7 +35,7 @@ def read_json(directory: str, *names: str) -> tuple[str, dict]:
             with open(path) as f:
                 return name, json.load(f)
     raise CheckpointError(f"{directory} has none of {names}: the converter reads the "
-                            "architecture from the checkpoint's own config, never a default")
+                          "architecture from the checkpoint's own config, never a default")
 
 
 def _component(component: str, cfg: ml_collections.ConfigDict) -> nnx.Module:

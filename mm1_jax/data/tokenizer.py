@@ -152,7 +152,8 @@ class Tokenizer(abc.ABC):
     def _hf_config(self, tokenizer_class: str) -> dict:
         """tokenizer_config.json for `save_hf`: the file's own fields, with the special tokens
         this tokenizer uses."""
-        return {"tokenizer_class": tokenizer_class, **self.config.fields,
+        template = {"chat_template": self.config.chat_template} if self.config.chat_template else {}
+        return {"tokenizer_class": tokenizer_class, **self.config.fields, **template,
                 "bos_token": self.id_to_piece(self.bos_id),
                 "eos_token": self.id_to_piece(self.eos_id),
                 "pad_token": self.id_to_piece(self.pad_id)}
