@@ -17,6 +17,7 @@ setup(
         "array-record",
         "tensorstore",
         "sentencepiece",
+        "tokenizers",  # Hugging Face tokenizer.json (Qwen2, Llama-3, ...): mm1_jax/data/tokenizer.py
         "ml-collections",
         "absl-py",
         "pillow",

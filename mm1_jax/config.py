@@ -182,7 +182,9 @@ def _data() -> ml_collections.ConfigDict:
     """`cfg.data`: the corpus, the 45/45/10 mixture (MM1 section 4) and the input pipeline."""
     data = ml_collections.ConfigDict()
     data.dir = config_dict.placeholder(str)  # ArrayRecord shards: <dir>/<kind>/*.array_record
-    data.tokenizer = config_dict.placeholder(str)  # sentencepiece .model
+    # sentencepiece .model, Hugging Face tokenizer.json, or a directory holding one
+    # (mm1_jax/data/tokenizer.py); default: the one init_from.decoder was converted with.
+    data.tokenizer = config_dict.placeholder(str)
     data.max_images = 16  # per packed sequence (MM1 section 4)
     data.mixture = ml_collections.ConfigDict(
         {"interleaved": 0.45, "caption": 0.45, "text": 0.10}
@@ -466,8 +468,8 @@ def check_batch_split(train: ml_collections.ConfigDict, *, mesh_sizes: dict[str,
              f"{processes}")
 
 
-def load_config(path: str) -> ml_collections.ConfigDict:
-    """Loads `experiments/x.py[:arg]` (its `get_config()`), as `--config=` does, and validates it."""
+def load_experiment(path: str) -> ml_collections.ConfigDict:
+    """`get_config()` of `experiments/x.py[:arg]`, as `--config=` loads it, not yet validated."""
     import importlib.util
     import os
 
@@ -477,5 +479,9 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(file))[0], file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    cfg = module.get_config(arg) if arg else module.get_config()
-    return validate(cfg)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+    """Loads `experiments/x.py[:arg]` (its `get_config()`), as `--config=` does, and validates it."""
+    return validate(load_experiment(path))

@@ -82,8 +82,9 @@ def special_ids(cfg: ml_collections.ConfigDict, special: SpecialIds | None = Non
     path = cfg.data.tokenizer
     if not path:
         if special is None:
-            raise ConfigError("config.data.tokenizer is not set: give the sentencepiece .model "
-                              "(train one with `python -m mm1_jax.data.tokenizer`)")
+            raise ConfigError("config.data.tokenizer is not set: give the LLM's tokenizer "
+                              "(a sentencepiece .model, a tokenizer.json or a directory holding "
+                              "one), or train one with `python -m mm1_jax.data.tokenizer`")
         return special
     if not os.path.exists(path):
         raise ConfigError(f"config.data.tokenizer: {path!r} does not exist; train one with "

@@ -20,6 +20,7 @@ import numpy as np
 
 from mm1_jax.config import vision_grid
 from mm1_jax.convert.stream import DictReader, Leaf, Reader, materialize
+from mm1_jax.errors import CheckpointError
 from mm1_jax.models.layers import resize_pos_grid
 from mm1_jax.models.vision import num_blocks_used
 
@@ -39,7 +40,7 @@ def hf_clip_arch(config: dict) -> dict:
     c = config.get("vision_config", config)
     act = c.get("hidden_act", "quick_gelu")
     if act not in _ACTS:
-        raise ValueError(f"config.json: hidden_act {act!r} is not supported (only {sorted(_ACTS)})")
+        raise CheckpointError(f"config.json: hidden_act {act!r} is not supported (only {sorted(_ACTS)})")
     return {"image_size": c["image_size"], "patch_size": c["patch_size"], "width": c["hidden_size"],
             "depth": c["num_hidden_layers"], "heads": c["num_attention_heads"],
             "mlp_dim": c["intermediate_size"], "act": _ACTS[act],
@@ -54,13 +55,13 @@ def openclip_arch(config: dict) -> dict:
     v = model["vision_cfg"]
     for key, default in _OPENCLIP_DEFAULTS.items():
         if key in v and v[key] != default:
-            raise ValueError(f"open_clip_config.json: vision_cfg.{key}={v[key]!r} is not supported "
-                             f"by mm1_jax's VisionEncoder (only {default!r})")
+            raise CheckpointError(f"open_clip_config.json: vision_cfg.{key}={v[key]!r} is not supported "
+                                  f"by mm1_jax's VisionEncoder (only {default!r})")
     width = v.get("width", 768)
     head_width = v.get("head_width", 64)
     image_size, patch = v.get("image_size", 224), v.get("patch_size", 16)
     if isinstance(image_size, (list, tuple)) or isinstance(patch, (list, tuple)):
-        raise ValueError("open_clip_config.json: non-square image_size / patch_size is not supported")
+        raise CheckpointError("open_clip_config.json: non-square image_size / patch_size is not supported")
     return {"image_size": image_size, "patch_size": patch, "width": width,
             "depth": v.get("layers", 12), "heads": width // head_width,
             "mlp_dim": int(width * v.get("mlp_ratio", 4.0)),
@@ -72,7 +73,7 @@ def _pos_leaf(name: str, reader: Reader, cfg) -> Leaf:
     n, width = reader.shape(name)
     src_grid, grid = math.isqrt(n - 1), vision_grid(cfg.model.vision)
     if src_grid * src_grid != n - 1:
-        raise ValueError(f"{name}: {n} positions are not CLS + a square grid")
+        raise CheckpointError(f"{name}: {n} positions are not CLS + a square grid")
 
     def fn(pos):
         pos = np.asarray(pos, np.float32)
@@ -87,8 +88,8 @@ def _pos_leaf(name: str, reader: Reader, cfg) -> Leaf:
 def _check_width(reader: Reader, conv_name: str, cfg) -> None:
     v = cfg.model.vision
     if reader.shape(conv_name) != (v.width, 3, v.patch_size, v.patch_size):
-        raise ValueError(f"patch conv {reader.shape(conv_name)} does not match config width "
-                         f"{v.width}, patch {v.patch_size}")
+        raise CheckpointError(f"patch conv {reader.shape(conv_name)} does not match config width "
+                              f"{v.width}, patch {v.patch_size}")
 
 
 def _patch_kernel(conv):  # [d, 3, p, p] -> [p*p*3, d]: our patches are flattened (row, col, channel)
@@ -133,8 +134,8 @@ def openclip_leaves(reader: Reader, cfg: ml_collections.ConfigDict) -> dict:
     unknown = sorted(k for k in reader.keys() if k.startswith(pre) and any(
         s in k for s in (".ls_1", ".ls_2", "attn_pool", ".ln_q", ".ln_k", "ln_attn", "ln_inner")))
     if unknown:
-        raise ValueError(f"OpenCLIP tensors of features mm1_jax's VisionEncoder does not have "
-                         f"(layer scale, attentional pooling, qk-norm, ...): {unknown[:5]}")
+        raise CheckpointError(f"OpenCLIP tensors of features mm1_jax's VisionEncoder does not have "
+                              f"(layer scale, attentional pooling, qk-norm, ...): {unknown[:5]}")
     name = lambda n: pre + n  # noqa: E731
     v, d = cfg.model.vision, cfg.model.vision.width
     _check_width(reader, name("conv1.weight"), cfg)

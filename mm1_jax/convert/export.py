@@ -4,7 +4,9 @@ safetensors file.
 HF export: `model.safetensors` + `config.json` that `transformers` loads as `LlamaForCausalLM`
 (or `Qwen2ForCausalLM` when the decoder has q/k/v biases). Padding rows of the vocabulary
 (`decoder.real_vocab_size`) are dropped. It is the exact inverse of `convert.llama`:
-Llama -> ours -> Llama gives identical tensors.
+Llama -> ours -> Llama gives identical tensors. Given the run's tokenizer, the export also
+holds the tokenizer files (our special tokens included, at our ids) and `generation_config.json`
+(bos, eos, pad), so `generate` stops at our end of text.
 
 MM1 layout (`export_mm1` / `load_mm1`), one safetensors file:
   tensor names  our parameter paths joined by ".", e.g. `vision.blocks.q.kernel`,
@@ -27,6 +29,8 @@ import ml_collections
 import numpy as np
 
 from mm1_jax.convert.stream import SafetensorsReader, save_safetensors
+from mm1_jax.data.tokenizer import Tokenizer
+from mm1_jax.errors import CheckpointError
 
 
 def flat(tree: Mapping, sep: str = "/") -> dict[str, Any]:
@@ -44,8 +48,8 @@ def hf_llama_tensors(params: Mapping, decoder: ml_collections.ConfigDict,
                      moe: ml_collections.ConfigDict | None = None) -> dict[str, np.ndarray]:
     """Our Decoder parameters (nested, numpy) -> HF Llama / Qwen2 state dict (float32)."""
     if moe is not None and moe.num_experts:
-        raise ValueError("export to Hugging Face covers the dense decoder; this one has "
-                         f"model.moe.num_experts={moe.num_experts}")
+        raise CheckpointError("export to Hugging Face covers the dense decoder; this one has "
+                              f"model.moe.num_experts={moe.num_experts}")
     d = decoder
     p = {k: np.asarray(v, np.float32) for k, v in flat(params).items()}
     real = d.real_vocab_size or d.vocab_size
@@ -87,13 +91,33 @@ def hf_llama_config(decoder: ml_collections.ConfigDict) -> dict:
     }
 
 
-def export_hf_decoder(params: Mapping, model_cfg: ml_collections.ConfigDict, out_dir: str) -> None:
-    """Writes `out_dir/model.safetensors` + `config.json` (transformers loads it)."""
+def export_hf_decoder(params: Mapping, model_cfg: ml_collections.ConfigDict, out_dir: str,
+                      tokenizer: Tokenizer | None = None) -> list[str]:
+    """Writes `out_dir/model.safetensors` + `config.json` (transformers loads it) and, with the
+    run's `tokenizer`, its files and `generation_config.json`. Returns the files written."""
     os.makedirs(out_dir, exist_ok=True)
     tensors = hf_llama_tensors(params, model_cfg.decoder, model_cfg.moe)
     save_safetensors(os.path.join(out_dir, "model.safetensors"), tensors, {"format": "pt"})
+    config, files = hf_llama_config(model_cfg.decoder), ["model.safetensors", "config.json"]
+    if tokenizer is not None:
+        ids = hf_token_ids(tokenizer, config["vocab_size"])
+        config.update(ids)
+        with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
+            json.dump(ids, f, indent=2)
+        files += ["generation_config.json", *tokenizer.save_hf(out_dir)]
     with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(hf_llama_config(model_cfg.decoder), f, indent=2)
+        json.dump(config, f, indent=2)
+    return files
+
+
+def hf_token_ids(tok: Tokenizer, vocab_size: int) -> dict[str, int]:
+    """The special ids transformers' config.json and generation_config.json carry: `generate`
+    stops at `eos_token_id`, as our generation does at the tokenizer's end of text."""
+    if tok.vocab_size > vocab_size:
+        raise CheckpointError(f"the tokenizer {tok.path} has {tok.vocab_size} ids, the decoder "
+                              f"{vocab_size} rows: it is not the tokenizer this decoder was "
+                              "trained with; pass the run's (--tokenizer)")
+    return {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
 
 
 def export_mm1(params: Mapping, model_cfg: Mapping, path: str) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 
 from mm1_jax.config import expert_mlp_dim
 from mm1_jax.convert.stream import DictReader, Leaf, Reader, materialize
+from mm1_jax.errors import CheckpointError
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "MixtralForCausalLM")
 _IGNORED = ("rotary_emb.inv_freq",)  # buffers some old checkpoints saved
@@ -34,11 +35,11 @@ def decoder_arch(config: dict, *, max_seq_len: int | None = None) -> tuple[dict,
     """
     arch = (config.get("architectures") or ["?"])[0]
     if arch not in ARCHITECTURES:
-        raise ValueError(f"config.json: architecture {arch!r} is not supported; "
-                         f"supported: {ARCHITECTURES}")
+        raise CheckpointError(f"config.json: architecture {arch!r} is not supported; "
+                              f"supported: {ARCHITECTURES}")
 
     def unsupported(key, value, why):
-        raise ValueError(f"config.json: {key}={value!r} is not supported by mm1_jax's decoder ({why})")
+        raise CheckpointError(f"config.json: {key}={value!r} is not supported by mm1_jax's decoder ({why})")
 
     rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
@@ -85,7 +86,7 @@ def extend_vocab(decoder: dict, vocab_size: int | None = None, pad_multiple: int
     src = decoder["real_vocab_size"] or decoder["vocab_size"]
     real = src if vocab_size is None else vocab_size
     if real < src:
-        raise ValueError(f"--vocab_size {real} is smaller than the checkpoint's {src} tokens")
+        raise CheckpointError(f"--vocab_size {real} is smaller than the checkpoint's {src} tokens")
     padded = -(-real // pad_multiple) * pad_multiple
     return {**decoder, "vocab_size": padded, "real_vocab_size": real if padded > real else None}
 
@@ -116,7 +117,7 @@ def decoder_leaves(reader: Reader, cfg: ml_collections.ConfigDict, *, router_see
     name = lambda i, x: f"model.layers.{i}.{x}"  # noqa: E731
     mixtral = name(0, "block_sparse_moe.gate.weight") in reader
     if mixtral and not sparse:
-        raise ValueError("a Mixtral checkpoint needs an MoE config (model.moe.num_experts > 0)")
+        raise CheckpointError("a Mixtral checkpoint needs an MoE config (model.moe.num_experts > 0)")
     src_vocab = reader.shape("model.embed_tokens.weight")[0]
     real = d.real_vocab_size or d.vocab_size
     rows = _vocab_rows(src_vocab, real, d.vocab_size)
@@ -182,8 +183,8 @@ def _check_all_used(reader: Reader, leaves: Mapping, ignored: tuple[str, ...]) -
     used = set(ignored).union(*(_names(leaf.sources) for leaf in leaves.values()))
     left = sorted(k for k in reader.keys() if k not in used and not k.endswith(_IGNORED))
     if left:
-        raise ValueError(f"checkpoint tensors with no place in mm1_jax's decoder: {left[:8]}"
-                         f"{' ...' if len(left) > 8 else ''}")
+        raise CheckpointError(f"checkpoint tensors with no place in mm1_jax's decoder: {left[:8]}"
+                              f"{' ...' if len(left) > 8 else ''}")
 
 
 def llama_params(sd: Mapping[str, np.ndarray], cfg: ml_collections.ConfigDict) -> dict:

@@ -9,7 +9,9 @@ source tensors that land in it. A 30B decoder is therefore never whole in one ho
 `Reader.peak_*` record what the streaming path held at once (tests/convert asserts on them).
 
 safetensors files are read and written with the `safetensors` package (numpy framework: no torch
-needed; bfloat16 checkpoints read through ml_dtypes).
+needed; bfloat16 checkpoints read through ml_dtypes). A damaged file (truncated download, wrong
+format) is a CheckpointError naming it. `to_sharded` shows a progress bar (parameters per
+second, bytes read) on stderr.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import math
 import os
 from typing import Any, Callable, Iterator, Mapping
 
@@ -25,6 +28,9 @@ import jax
 import numpy as np
 import safetensors
 import safetensors.numpy
+from tqdm import tqdm
+
+from mm1_jax.errors import CheckpointError
 
 Path = tuple
 
@@ -48,6 +54,8 @@ class Reader:
     def __init__(self):
         self._held, self._held_bytes = 0, 0
         self.peak_tensors, self.peak_bytes = 0, 0
+        self.tensors_read, self.bytes_read = 0, 0  # every read counted (a shard reads its part)
+        self.params_written, self.values_written = 0, 0  # destination parameters, their values
 
     def keys(self) -> list[str]:
         raise NotImplementedError
@@ -77,6 +85,8 @@ class Reader:
         if name not in self:
             raise KeyError(f"the checkpoint has no tensor {name!r}")
         t = self._get(name)
+        self.tensors_read += 1
+        self.bytes_read += t.nbytes
         with self.hold(t.nbytes):
             yield t
 
@@ -125,11 +135,17 @@ class SafetensorsReader(Reader):
             else:
                 files = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
         if not files:
-            raise FileNotFoundError(f"no *.safetensors (or model.safetensors.index.json) in {directory}")
+            raise CheckpointError(f"no *.safetensors (or model.safetensors.index.json) in {directory}")
         self._where: dict[str, Any] = {}  # tensor name -> the open file holding it
+        self._file: dict[Any, str] = {}  # open file -> its path, for errors
         self.metadata: dict[str, str] = {}
         for file in files:
-            handle = safetensors.safe_open(os.path.join(directory, file), framework="numpy")
+            path = os.path.join(directory, file)
+            try:
+                handle = safetensors.safe_open(path, framework="numpy")
+            except (safetensors.SafetensorError, OSError) as e:
+                raise _damaged(path, e) from None
+            self._file[handle] = path
             self.metadata.update(handle.metadata() or {})
             self._where.update(dict.fromkeys(handle.keys(), handle))
 
@@ -143,7 +159,16 @@ class SafetensorsReader(Reader):
         return tuple(self._where[name].get_slice(name).get_shape())
 
     def _get(self, name):
-        return self._where[name].get_tensor(name)
+        try:
+            return self._where[name].get_tensor(name)
+        except (safetensors.SafetensorError, OSError) as e:
+            raise _damaged(self._file[self._where[name]], e) from None
+
+
+def _damaged(path: str, e: Exception) -> CheckpointError:
+    missing = isinstance(e, FileNotFoundError)
+    return CheckpointError(f"{path}: {'missing' if missing else 'a damaged safetensors file'} "
+                           f"({e}); download or save it again")
 
 
 def save_safetensors(path: str, tensors: Mapping[str, np.ndarray],
@@ -176,8 +201,8 @@ def read_block(reader: Reader, leaf: Leaf, index: tuple[slice, ...] | None = Non
             with reader.tensor(name) as t:
                 part = np.asarray(leaf.fn(t))
                 if part.shape != leaf.shape[lead:]:
-                    raise ValueError(f"{name}: converted to {part.shape}, but the model expects "
-                                     f"{leaf.shape[lead:]}; does the config match the checkpoint?")
+                    raise CheckpointError(f"{name}: converted to {part.shape}, but the model expects "
+                                          f"{leaf.shape[lead:]}; does the config match the checkpoint?")
                 out[pos] = part[index[lead:]]
         return out
 
@@ -190,10 +215,16 @@ def materialize(leaves: Mapping[Path, Leaf], reader: Reader) -> dict[Path, np.nd
 def to_sharded(leaves: Mapping[Path, Leaf], reader: Reader,
                shardings: Mapping[Path, jax.sharding.Sharding], dtype=np.float32
                ) -> dict[Path, jax.Array]:
-    """Every leaf as a jax.Array in its sharding, each device's shard read on its own."""
+    """Every leaf as a jax.Array in its sharding, each device's shard read on its own, with a
+    progress bar over the parameters."""
     out = {}
-    for path, leaf in leaves.items():
-        out[path] = jax.make_array_from_callback(
-            leaf.shape, shardings[path],
-            lambda idx, leaf=leaf: read_block(reader, leaf, idx).astype(dtype, copy=False))
+    with tqdm(total=len(leaves), unit="param", desc="converting", dynamic_ncols=True) as bar:
+        for path, leaf in leaves.items():
+            out[path] = jax.make_array_from_callback(
+                leaf.shape, shardings[path],
+                lambda idx, leaf=leaf: read_block(reader, leaf, idx).astype(dtype, copy=False))
+            reader.params_written += 1
+            reader.values_written += math.prod(leaf.shape)
+            bar.set_postfix_str(f"{reader.bytes_read / 1e6:.1f} MB read", refresh=False)
+            bar.update()
     return out

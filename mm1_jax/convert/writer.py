@@ -1,5 +1,6 @@
 """Converting a local Hugging Face / OpenCLIP checkpoint into a converted component directory
-(`state/` + `model.json`, see `mm1_jax.convert.common`) sharded for a target mesh.
+(`state/` + `model.json`, see `mm1_jax.convert.common`; a decoder also keeps its tokenizer in
+`tokenizer/`) sharded for a target mesh.
 
 The parameters are streamed (mm1_jax/convert/stream.py): every device's shard is read from the
 memory-mapped safetensors on its own, then Orbax writes the sharded arrays.
@@ -18,11 +19,12 @@ import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 from jax.sharding import NamedSharding
 
-from mm1_jax.config import MESH_AXES, base_config
-from mm1_jax.convert import clip, llama
+from mm1_jax import sharding
+from mm1_jax.config import MESH_AXES, ConfigError, base_config
+from mm1_jax.convert import clip, llama, source as source_lib
 from mm1_jax.convert.common import ARCH_FIELDS
 from mm1_jax.convert.stream import Reader, SafetensorsReader, to_sharded
-from mm1_jax import sharding
+from mm1_jax.errors import CheckpointError
 
 
 def read_json(directory: str, *names: str) -> tuple[str, dict]:
@@ -32,8 +34,8 @@ def read_json(directory: str, *names: str) -> tuple[str, dict]:
         if os.path.exists(path):
             with open(path) as f:
                 return name, json.load(f)
-    raise FileNotFoundError(f"{directory} has none of {names}: the converter reads the "
-                            "architecture from the checkpoint's own config, never a default")
+    raise CheckpointError(f"{directory} has none of {names}: the converter reads the "
+                          "architecture from the checkpoint's own config, never a default")
 
 
 def _component(component: str, cfg: ml_collections.ConfigDict) -> nnx.Module:
@@ -48,16 +50,17 @@ def make_target_mesh(shape: Sequence[int]) -> jax.sharding.Mesh:
     shape = sharding.resolve_mesh_shape(shape, len(jax.devices())) if -1 in shape else tuple(shape)
     n = math.prod(shape)
     if n > len(jax.devices()):
-        raise ValueError(f"--mesh {shape} needs {n} devices; this host has {len(jax.devices())} "
+        raise ConfigError(f"--mesh {shape} needs {n} devices; this host has {len(jax.devices())} "
                          "(on CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N)")
     auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
     return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=jax.devices()[:n])
 
 
 def convert(component: str, leaves: dict, reader: Reader, cfg: ml_collections.ConfigDict,
-            out: str, *, mesh: jax.sharding.Mesh, source: str, architecture: str) -> dict:
-    """Streams `leaves` into arrays sharded on `mesh` and writes `out/state` + `out/model.json`.
-    Returns the sharded arrays {path: jax.Array}."""
+            out: str, *, mesh: jax.sharding.Mesh, source: str, architecture: str,
+            meta: dict | None = None) -> dict:
+    """Streams `leaves` into arrays sharded on `mesh` and writes `out/state` + `out/model.json`
+    (with `meta`'s fields). Returns the sharded arrays {path: jax.Array}."""
     module = _component(component, cfg)
     flat = dict(nnx.to_flat_state(nnx.state(module, nnx.Param)))
     missing = sorted(set(flat) - set(leaves), key=str)
@@ -80,7 +83,7 @@ def convert(component: str, leaves: dict, reader: Reader, cfg: ml_collections.Co
     model = {s: {f: _plain(cfg.model[s][f]) for f in ARCH_FIELDS[s]} for s in sections}
     with open(os.path.join(out, "model.json"), "w") as f:
         json.dump({"component": component, "source": os.path.abspath(source),
-                   "architecture": architecture, "model": model}, f, indent=2)
+                   "architecture": architecture, "model": model, **(meta or {})}, f, indent=2)
     return arrays
 
 
@@ -100,6 +103,7 @@ def vision_config(arch: dict, *, image_size: int | None, feature_layer: int) -> 
 def convert_vision(src: str, out: str, *, image_size: int | None = None, feature_layer: int = -1,
                    mesh_shape: Sequence[int] = (1, 1, 1, 1)) -> tuple[ml_collections.ConfigDict, Reader]:
     """HF CLIP (config.json) or OpenCLIP (open_clip_config.json) in `src` -> `out`."""
+    source_lib.check_source(src, "vision")
     name, config = read_json(src, "open_clip_config.json", "config.json")
     openclip = name == "open_clip_config.json"
     arch = clip.openclip_arch(config) if openclip else clip.hf_clip_arch(config)
@@ -119,7 +123,7 @@ def decoder_config(config: dict, *, max_seq_len: int | None = None, vocab_size: 
     decoder = llama.extend_vocab(decoder, vocab_size, pad_vocab_multiple)
     if upcycle_experts:
         if moe["num_experts"]:
-            raise ValueError("--upcycle_experts applies to dense checkpoints; this one is MoE already")
+            raise CheckpointError("--upcycle_experts applies to dense checkpoints; this one is MoE already")
         moe = {"num_experts": upcycle_experts, "top_k": 2, "every": upcycle_every,
                "expert_mlp_dim": decoder["mlp_dim"]}
     cfg = base_config()
@@ -130,12 +134,28 @@ def decoder_config(config: dict, *, max_seq_len: int | None = None, vocab_size: 
 
 
 def convert_decoder(src: str, out: str, *, mesh_shape: Sequence[int] = (1, 1, 1, 1),
-                    router_seed: int = 0, **options) -> tuple[ml_collections.ConfigDict, Reader]:
-    """An HF Llama / Mistral / Qwen2 / Mixtral directory `src` -> `out` (options: decoder_config)."""
+                    router_seed: int = 0, tokenizer: str | None = None, **options
+                    ) -> tuple[ml_collections.ConfigDict, Reader]:
+    """An HF Llama / Mistral / Qwen2 / Mixtral directory `src` -> `out` (options: decoder_config).
+
+    The LLM's tokenizer (`tokenizer`, else the one in `src`, if any) is kept in `out/tokenizer/`,
+    and the vocabulary grows to hold its ids with mm1_jax's special tokens."""
+    source_lib.check_source(src, "decoder")
     _, config = read_json(src, "config.json")
+    meta = _with_tokenizer(src, out, tokenizer, config, options)
     cfg = decoder_config(config, **options)
     reader = SafetensorsReader(src)
     leaves = llama.decoder_leaves(reader, cfg, router_seed=router_seed)
     convert("decoder", leaves, reader, cfg, out, mesh=make_target_mesh(mesh_shape), source=src,
-            architecture=config["architectures"][0])
+            architecture=config["architectures"][0], meta=meta)
     return cfg, reader
+
+
+def _with_tokenizer(src: str, out: str, tokenizer: str | None, config: dict, options: dict) -> dict:
+    """Sets options["vocab_size"] for the tokenizer of `src` (or `tokenizer`), copies its files
+    into `out`, and returns model.json's fields naming it ({} without a tokenizer)."""
+    tok = source_lib.find_tokenizer(src, tokenizer)
+    options["vocab_size"] = source_lib.vocab_rows(tok, options.get("vocab_size"), config["vocab_size"])
+    if tok is None:
+        return {}
+    return {"tokenizer": source_lib.copy_tokenizer(tok, out), "tokenizer_vocab_size": tok.vocab_size}

@@ -1,8 +1,14 @@
 """`python -m mm1_jax.train --config=experiments/<x>.py --workdir=DIR [--config.key=value ...]`
 
-Resumes from the newest complete checkpoint in DIR/checkpoints. On a multi-host pod pass
-`--distributed` (JAX finds the coordinator on TPU / SLURM / Kubernetes) or the explicit
-`--coordinator_address`, `--num_processes`, `--process_id`.
+Resumes from the newest complete checkpoint in DIR/checkpoints. Without `--config`, the run
+continues with the config it saved there, overrides on top (`--config.train.steps=...`):
+
+    python -m mm1_jax.train --workdir=DIR [--config.key=value ...]
+
+Evaluators are added, replaced or removed on the command line (`--config.evals.demo=None`,
+`--config.evals.NAME.type=TYPE --config.evals.NAME.FIELD=...`; mm1_jax/cli_config.py). On a
+multi-host pod pass `--distributed` (JAX finds the coordinator on TPU / SLURM / Kubernetes) or
+the explicit `--coordinator_address`, `--num_processes`, `--process_id`.
 """
 
 from __future__ import annotations
@@ -11,25 +17,22 @@ import os
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
+from mm1_jax import cli_config
 from mm1_jax.errors import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default workdir/<config.name>).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
-flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
     del argv
     import jax
 
-    cfg = _CONFIG.value
+    cfg = flags.FLAGS.config  # defined by cli_config.parse: an experiment, or the saved config
     if _DISTRIBUTED.value or _COORDINATOR.value:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only clusters
         jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
@@ -50,5 +53,6 @@ def main(argv):
         for name, value in sorted(result.eval_metrics.items()):
             print(f"  {name.ljust(width)}  {value:.4f}")
 
+
 if __name__ == "__main__":
-    app.run(cli(main))
+    app.run(cli(main), flags_parser=cli(cli_config.parse))

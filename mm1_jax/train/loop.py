@@ -30,7 +30,7 @@ from flax import nnx
 
 from mm1_jax import sharding
 from mm1_jax.checkpoint import Checkpointer
-from mm1_jax.convert.init_from import apply_init_from
+from mm1_jax.convert.init_from import apply_init_from, check_shapes, resolve_architecture
 from mm1_jax.data.batch import Batch, batch_spec, check_batch
 from mm1_jax.data.pipeline import make_iterator
 from mm1_jax.data.tokenizer import SpecialIds
@@ -229,6 +229,8 @@ class _Report:
 def _restore_or_init(run: Run, ckpt: Checkpointer, iterator, abstract: TrainState,
                      shardings: TrainState) -> TrainState:
     """The newest complete checkpoint of the run, or a fresh state (with `init_from`)."""
+    if ckpt.latest_step() is not None:  # a mismatch is one line naming the parameter
+        check_shapes(abstract.params, os.path.join(ckpt.directory, str(ckpt.latest_step()), "state"))
     state = ckpt.restore(abstract, iterator)
     if state is None:
         state = init_train_state(run, abstract, shardings)
@@ -242,6 +244,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
           special: SpecialIds | None = None, devices=None) -> RunResult:
     """Trains `cfg` in `workdir` (resuming from its newest complete checkpoint) until
     `train.steps`, or until SIGTERM/SIGINT (then saves and returns with `preempted=True`).
+    Architecture fields `cfg` leaves at their defaults come from that checkpoint, or from the
+    checkpoints of `init_from` (mm1_jax.convert.init_from.resolve_architecture).
 
     iterator: per-process `Batch`es (docs/data.md); default the Grain pipeline of `cfg.data`.
     One with `get_state`/`set_state` is checkpointed and restored with the model.
@@ -250,6 +254,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *,
     """
     if cfg.train.compile_cache_dir:  # a restart (pre-emption, resume) reuses the compiled step
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.train.compile_cache_dir))
+    # the architecture of what the run starts from: its own checkpoint, else init_from's
+    cfg = resolve_architecture(cfg, workdir)
     run = start(cfg, devices=devices, special=special, corpus=iterator is None)
     cfg, steps = run.cfg, run.cfg.train.steps
     logging.info("mesh %s over %d devices (%d processes)", dict(run.mesh.shape), run.mesh.size,

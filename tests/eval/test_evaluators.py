@@ -17,6 +17,7 @@ from PIL import Image
 
 from mm1_jax.config import evaluator, load_config
 from mm1_jax.data.tokenizer import train_tokenizer
+from mm1_jax.errors import CheckpointError
 from mm1_jax.eval import evaluators, inference
 from mm1_jax.models.mm1 import MM1Model
 from mm1_jax.writer import MetricsWriter
@@ -156,7 +157,7 @@ def test_eval_command_restores_a_trainer_checkpoint_and_runs_the_config_evaluato
     assert step == 7 and set(results) == {"heldout/ppl"} and 1 < results["heldout/ppl"] < 2000
     want = jax.tree.leaves(state.params)
     assert len(seen) == 1 and all(np.array_equal(a, b) for a, b in zip(want, seen[0]))
-    with pytest.raises(FileNotFoundError, match=r"no complete checkpoint 3 .*steps there: \[7\]"):
+    with pytest.raises(CheckpointError, match=r"no checkpoint 3 in .*steps there: \[7\]"):
         evaluate_checkpoint(cfg, str(tmp_path), step=3, devices=jax.devices()[:1])
 
 
